@@ -1,0 +1,245 @@
+//! The RabbitMQ side: a private queue that sees `inventory.stock.changed` as another process
+//! would, and removing what a run's prefix left on the broker.
+
+use anyhow::Context;
+use futures::StreamExt;
+use lapin::options::{
+    BasicConsumeOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use serde::Deserialize;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::task::JoinHandle;
+
+/// The events exchange of events.md, behind the run's prefix.
+pub fn events_exchange(prefix: &str) -> String {
+    format!("{prefix}clickcollect.events")
+}
+
+/// One `inventory.stock.changed` as received.
+#[derive(Debug, Clone)]
+pub struct StockChangedSeen {
+    /// When the delivery reached us.
+    pub at: Instant,
+    /// `data.store_id`.
+    pub store_id: String,
+    /// `data.sku`.
+    pub sku: String,
+    /// `data.on_hand`.
+    pub on_hand: i64,
+    /// `data.revision`.
+    pub revision: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Body {
+    #[serde(rename = "type")]
+    event_type: String,
+    data: Data,
+}
+
+#[derive(Debug, Deserialize)]
+struct Data {
+    store_id: String,
+    sku: String,
+    on_hand: i64,
+    revision: Option<i64>,
+}
+
+/// What the listener has received so far.
+#[derive(Debug, Default)]
+pub struct Received {
+    /// Every parsed stock change, in arrival order.
+    pub changes: Vec<StockChangedSeen>,
+    /// Deliveries that were not a readable `inventory.stock.changed` envelope.
+    pub unreadable: Vec<String>,
+}
+
+/// An exclusive, auto-delete queue bound to `inventory.stock.changed`, consumed in the
+/// background.
+pub struct Listener {
+    /// Our own connection (the queue dies with it).
+    connection: Connection,
+    /// What arrived.
+    pub received: Arc<Mutex<Received>>,
+    /// The consuming task.
+    task: JoinHandle<()>,
+}
+
+impl Listener {
+    /// Binds a fresh queue to `routing_key` on `exchange` and starts consuming.
+    pub async fn bind(amqp_url: &str, exchange: &str, routing_key: &str) -> anyhow::Result<Self> {
+        let connection = Connection::connect(amqp_url, ConnectionProperties::default())
+            .await
+            .context("connecting to RabbitMQ")?;
+        let mut channel = connection.create_channel().await?;
+        // The service declares the exchange at start-up; check it passively so we never
+        // redeclare it with other arguments, and declare it the same way (durable topic) only
+        // if it is not there yet.
+        let passive = ExchangeDeclareOptions {
+            passive: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        if channel
+            .exchange_declare(
+                exchange.into(),
+                ExchangeKind::Topic,
+                passive,
+                FieldTable::default(),
+            )
+            .await
+            .is_err()
+        {
+            // A failed passive declare closes the channel.
+            channel = connection.create_channel().await?;
+            let durable = ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            };
+            channel
+                .exchange_declare(
+                    exchange.into(),
+                    ExchangeKind::Topic,
+                    durable,
+                    FieldTable::default(),
+                )
+                .await
+                .with_context(|| format!("declaring {exchange}"))?;
+        }
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    // Ours alone, and gone with our connection: nothing is left behind.
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                exchange.into(),
+                routing_key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let mut consumer = channel
+            .basic_consume(
+                queue.name().clone(),
+                "loadgen".into(),
+                // A measuring probe: auto-ack, nothing is redelivered to us.
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let received = Arc::new(Mutex::new(Received::default()));
+        let sink = Arc::clone(&received);
+        let task = tokio::spawn(async move {
+            while let Some(delivery) = consumer.next().await {
+                let at = Instant::now();
+                let Ok(delivery) = delivery else { break };
+                let seen = serde_json::from_slice::<Body>(&delivery.data);
+                let Ok(mut received) = sink.lock() else { break };
+                match seen {
+                    Ok(body) if body.event_type == "inventory.stock.changed" => {
+                        received.changes.push(StockChangedSeen {
+                            at,
+                            store_id: body.data.store_id,
+                            sku: body.data.sku,
+                            on_hand: body.data.on_hand,
+                            revision: body.data.revision,
+                        });
+                    }
+                    Ok(body) => received
+                        .unreadable
+                        .push(format!("unexpected type {}", body.event_type)),
+                    Err(err) => received.unreadable.push(format!(
+                        "{err}: {}",
+                        String::from_utf8_lossy(&delivery.data)
+                            .chars()
+                            .take(300)
+                            .collect::<String>()
+                    )),
+                }
+            }
+        });
+        Ok(Listener {
+            connection,
+            received,
+            task,
+        })
+    }
+
+    /// How many stock changes arrived so far.
+    pub fn changes_seen(&self) -> usize {
+        self.received.lock().map(|r| r.changes.len()).unwrap_or(0)
+    }
+
+    /// Stops consuming and closes the connection (which deletes the queue).
+    pub async fn close(self) {
+        self.task.abort();
+        let _ = self.connection.close(200, "bench done".into()).await;
+    }
+}
+
+/// Deletes the queues and exchanges whose names start with `prefix` (they outlive the
+/// service, being durable). Lists them with `rabbitmqctl`; returns (queues, exchanges).
+pub async fn delete_prefixed(amqp_url: &str, prefix: &str) -> anyhow::Result<(usize, usize)> {
+    // An empty prefix would name everything on the broker.
+    anyhow::ensure!(
+        prefix.len() >= 4,
+        "refusing to clean up by the prefix {prefix:?}"
+    );
+    let queues = rabbitmqctl_names("list_queues", prefix).await?;
+    let exchanges = rabbitmqctl_names("list_exchanges", prefix).await?;
+    if queues.is_empty() && exchanges.is_empty() {
+        return Ok((0, 0));
+    }
+    let connection = Connection::connect(amqp_url, ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    for queue in &queues {
+        channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await
+            .with_context(|| format!("deleting queue {queue}"))?;
+    }
+    for exchange in &exchanges {
+        channel
+            .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+            .await
+            .with_context(|| format!("deleting exchange {exchange}"))?;
+    }
+    let _ = connection.close(200, "cleaned".into()).await;
+    Ok((queues.len(), exchanges.len()))
+}
+
+async fn rabbitmqctl_names(command: &str, prefix: &str) -> anyhow::Result<Vec<String>> {
+    let output = tokio::process::Command::new("rabbitmqctl")
+        .args(["-q", command, "name"])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .context("running rabbitmqctl")?;
+    if !output.status.success() {
+        anyhow::bail!(
+            "rabbitmqctl {command}: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|name| name.starts_with(prefix))
+        .map(str::to_owned)
+        .collect())
+}

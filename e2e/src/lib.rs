@@ -1,0 +1,7 @@
+//! Cross-service tests and the `loadgen` benchmark of clickcollect.
+//!
+//! # Layout
+//! - [`bench`]: the benchmark behind `cargo run --release -p e2e --bin loadgen -- SCENARIO`
+//!   (quality.md, "Speed"): our figure and its `pgbench` baseline measured in the same run.
+
+pub mod bench;

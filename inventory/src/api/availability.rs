@@ -1,0 +1,304 @@
+//! Availability reads (public): single and batch, nearby stores, and the live SSE stream.
+
+use super::{AppState, query_pairs};
+use crate::domain;
+use crate::store::{Level, Store};
+use actix_web::{HttpRequest, HttpResponse, get, web};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use shared::problem::Problem;
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+/// One (store, SKU) as the channels see it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct AvailabilityItem {
+    /// Store.
+    pub store_id: String,
+    /// SKU.
+    pub sku: String,
+    /// Physically in the store.
+    pub on_hand: i64,
+    /// Promised to active reservations.
+    pub reserved: i64,
+    /// Never offered online.
+    pub safety_stock: i64,
+    /// `max(0, on_hand - reserved - safety_stock)`.
+    pub available: i64,
+    /// `in_stock`, `low_stock` or `out_of_stock`.
+    pub status: String,
+    /// The level's revision (0: never stocked).
+    pub revision: i64,
+    /// Last change; absent for a pair never stocked.
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+/// The item of a level under its store's threshold (0 for an unknown store).
+pub fn item_with_threshold(level: &Level, threshold: i64) -> AvailabilityItem {
+    let available = domain::available(level.on_hand, level.reserved, level.safety_stock);
+    AvailabilityItem {
+        store_id: level.store_id.clone(),
+        sku: level.sku.clone(),
+        on_hand: level.on_hand,
+        reserved: level.reserved,
+        safety_stock: level.safety_stock,
+        available,
+        status: domain::status(available, threshold).to_owned(),
+        revision: level.revision,
+        updated_at: level.updated_at,
+    }
+}
+
+/// The item of a level of `store`.
+pub fn item_of(level: &Level, store: &Store) -> AvailabilityItem {
+    item_with_threshold(level, store.low_stock_threshold)
+}
+
+/// Items of an availability read.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AvailabilityList {
+    /// One per (store, SKU) asked, stores outer, SKUs inner, in the order asked.
+    pub items: Vec<AvailabilityItem>,
+}
+
+fn codes_of(pairs: &[(String, String)], name: &str) -> Result<Vec<String>, Problem> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for (k, v) in pairs {
+        if k == name {
+            if !domain::is_code(v) {
+                return Err(Problem::bad_request(format!(
+                    "{name} {v:?} must match [A-Za-z0-9._-]{{1,64}}"
+                )));
+            }
+            if seen.insert(v.as_str()) {
+                out.push(v.clone());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Availability of every (store, SKU) pair asked: `store_id` and `sku` repeat (up to 100 × 100).
+#[utoipa::path(
+    tag = "availability",
+    params(("store_id" = Vec<String>, Query, description = "repeatable, 1..=100"),
+           ("sku" = Vec<String>, Query, description = "repeatable, 1..=100")),
+    responses((status = 200, body = AvailabilityList), (status = 400, body = Problem), (status = 422, body = Problem))
+)]
+#[get("/v1/availability")]
+pub async fn get_availability(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, Problem> {
+    let pairs = query_pairs(&req)?;
+    let stores = codes_of(&pairs, "store_id")?;
+    let skus = codes_of(&pairs, "sku")?;
+    if stores.is_empty() || skus.is_empty() {
+        return Err(Problem::bad_request(
+            "give at least one store_id and one sku",
+        ));
+    }
+    if stores.len() > domain::MAX_BATCH_SIDE || skus.len() > domain::MAX_BATCH_SIDE {
+        return Err(Problem::unprocessable(format!(
+            "at most {} stores and {} SKUs per call",
+            domain::MAX_BATCH_SIDE,
+            domain::MAX_BATCH_SIDE
+        )));
+    }
+    let mut thresholds = HashMap::with_capacity(stores.len());
+    for s in &stores {
+        let t = state
+            .view
+            .store(s)
+            .await?
+            .map_or(0, |s| s.low_stock_threshold);
+        thresholds.insert(s.clone(), t);
+    }
+    let keys: Vec<(String, String)> = stores
+        .iter()
+        .flat_map(|s| skus.iter().map(move |k| (s.clone(), k.clone())))
+        .collect();
+    let levels = state.view.levels(&keys).await?;
+    let items = levels
+        .iter()
+        .map(|l| item_with_threshold(l, thresholds.get(&l.store_id).copied().unwrap_or(0)))
+        .collect();
+    Ok(HttpResponse::Ok().json(AvailabilityList { items }))
+}
+
+/// One nearby store holding the SKU.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct NearbyStore {
+    /// Store.
+    pub store_id: String,
+    /// Its name.
+    pub name: String,
+    /// Great-circle distance from the point asked, km.
+    pub distance_km: f64,
+    /// Units available.
+    pub available: i64,
+    /// Display status.
+    pub status: String,
+}
+
+/// Nearby stores, nearest first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct NearbyList {
+    /// Pickup-enabled stores within the radius holding the quantity.
+    pub stores: Vec<NearbyStore>,
+}
+
+fn number<T: std::str::FromStr>(
+    pairs: &[(String, String)],
+    name: &str,
+    default: Option<T>,
+) -> Result<T, Problem> {
+    match pairs.iter().find(|(k, _)| k == name) {
+        Some((_, v)) => v
+            .parse()
+            .map_err(|_| Problem::bad_request(format!("{name} must be a number"))),
+        None => default.ok_or_else(|| Problem::bad_request(format!("{name} is required"))),
+    }
+}
+
+/// Pickup-enabled stores within `radius_km` of (`lat`, `lon`) holding at least `quantity`.
+#[utoipa::path(
+    tag = "availability",
+    params(("sku" = String, Query), ("lat" = f64, Query), ("lon" = f64, Query),
+           ("radius_km" = Option<f64>, Query, description = "default 25, at most 1000"),
+           ("quantity" = Option<i64>, Query, description = "default 1")),
+    responses((status = 200, body = NearbyList), (status = 400, body = Problem))
+)]
+#[get("/v1/availability/nearby")]
+pub async fn get_nearby(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, Problem> {
+    let pairs = query_pairs(&req)?;
+    let skus = codes_of(&pairs, "sku")?;
+    let [sku] = skus.as_slice() else {
+        return Err(Problem::bad_request("give exactly one sku"));
+    };
+    let lat: f64 = number(&pairs, "lat", None)?;
+    let lon: f64 = number(&pairs, "lon", None)?;
+    let radius: f64 = number(&pairs, "radius_km", Some(25.0))?;
+    let quantity: i64 = number(&pairs, "quantity", Some(1))?;
+    if !(-90.0..=90.0).contains(&lat) || !(-180.0..=180.0).contains(&lon) {
+        return Err(Problem::bad_request(
+            "lat must be within -90..90 and lon within -180..180",
+        ));
+    }
+    if !(radius > 0.0 && radius <= 1000.0) {
+        return Err(Problem::bad_request("radius_km must be within (0, 1000]"));
+    }
+    if !(1..=domain::MAX_QUANTITY).contains(&quantity) {
+        return Err(Problem::bad_request("quantity must be a positive integer"));
+    }
+    let mut near: Vec<(f64, Store)> = state
+        .view
+        .stores()
+        .await?
+        .into_iter()
+        .filter(|s| s.pickup_enabled)
+        .map(|s| (domain::distance_km(lat, lon, s.latitude, s.longitude), s))
+        .filter(|(d, _)| *d <= radius)
+        .collect();
+    near.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let keys: Vec<(String, String)> = near
+        .iter()
+        .map(|(_, s)| (s.store_id.clone(), sku.clone()))
+        .collect();
+    let levels = state.view.levels(&keys).await?;
+    let stores = near
+        .into_iter()
+        .zip(levels)
+        .filter_map(|((distance, shop), level)| {
+            let item = item_of(&level, &shop);
+            (item.available >= quantity).then(|| NearbyStore {
+                store_id: shop.store_id,
+                name: shop.name,
+                distance_km: (distance * 100.0).round() / 100.0,
+                available: item.available,
+                status: item.status,
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(NearbyList { stores }))
+}
+
+/// Live availability: an SSE event `availability` with the item each time a matching level
+/// changes (`store_id`, `sku` optional and repeatable).
+#[utoipa::path(
+    tag = "availability",
+    params(("store_id" = Option<Vec<String>>, Query), ("sku" = Option<Vec<String>>, Query)),
+    responses((status = 200, content_type = "text/event-stream", description = "event: availability"))
+)]
+#[get("/v1/availability/stream")]
+pub async fn get_stream(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, Problem> {
+    let pairs = query_pairs(&req)?;
+    let stores: HashSet<String> = codes_of(&pairs, "store_id")?.into_iter().collect();
+    let skus: HashSet<String> = codes_of(&pairs, "sku")?.into_iter().collect();
+    if stores.len() > domain::MAX_BATCH_SIDE || skus.len() > domain::MAX_BATCH_SIDE {
+        return Err(Problem::unprocessable(
+            "at most 100 stores and 100 SKUs per stream",
+        ));
+    }
+    // Subscribed before the response starts: a change committed after the headers reach
+    // the client is seen.
+    let changes = state.view.subscribe();
+    let view = state.view.clone();
+    let shutdown = state.shutdown.clone();
+    let hello = futures::stream::once(async {
+        Ok::<_, actix_web::Error>(web::Bytes::from_static(b": connected\n\n"))
+    });
+    let ticker = tokio::time::interval_at(
+        tokio::time::Instant::now() + Duration::from_secs(15),
+        Duration::from_secs(15),
+    );
+    let events = futures::stream::unfold(
+        (changes, ticker, view, shutdown),
+        move |(mut changes, mut ticker, view, shutdown)| {
+            let stores = stores.clone();
+            let skus = skus.clone();
+            async move {
+                loop {
+                    tokio::select! {
+                        () = shutdown.cancelled() => return None,
+                        _ = ticker.tick() => {
+                            return Some((Ok(web::Bytes::from_static(b": keep-alive\n\n")),
+                                         (changes, ticker, view, shutdown)));
+                        }
+                        change = changes.recv() => match change {
+                            Ok(level) => {
+                                if (!stores.is_empty() && !stores.contains(&level.store_id))
+                                    || (!skus.is_empty() && !skus.contains(&level.sku)) {
+                                    continue;
+                                }
+                                let item = item_with_threshold(&level, view.threshold(&level.store_id));
+                                let data = serde_json::to_string(&item).unwrap_or_default();
+                                let frame = format!("event: availability\nid: {}:{}:{}\ndata: {data}\n\n",
+                                                    item.store_id, item.sku, item.revision);
+                                return Some((Ok(web::Bytes::from(frame)), (changes, ticker, view, shutdown)));
+                            }
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                                tracing::warn!(missed = n, "slow SSE client skipped changes");
+                                continue;
+                            }
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                        },
+                    }
+                }
+            }
+        },
+    );
+    use futures::StreamExt;
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(hello.chain(events)))
+}

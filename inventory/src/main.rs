@@ -1,0 +1,13 @@
+//! The inventory binary: config → telemetry → Application::build → run.
+
+use inventory::{Application, config::InventoryConfig};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    shared::telemetry::init();
+    let config = InventoryConfig::from_env()?;
+    tracing::info!(?config, "starting inventory");
+    let shutdown = shared::shutdown::on_signal();
+    let app = Application::build(config, shutdown).await?;
+    app.run_until_stopped().await
+}

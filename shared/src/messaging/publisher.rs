@@ -1,0 +1,275 @@
+//! Publishing envelopes with publisher confirms, one at a time or pipelined.
+
+use super::{Broker, BrokerError, topology::name};
+use crate::events::Envelope;
+use lapin::{
+    BasicProperties, Channel, Confirmation,
+    options::{BasicPublishOptions, ConfirmSelectOptions},
+    types::ShortString,
+};
+use std::{collections::HashMap, sync::Arc, time::Duration};
+use tokio::sync::Mutex;
+
+/// How long a batch may wait for the broker's confirms before we give up on them.
+const DEFAULT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+/// `delivery_mode` 2: written to disk (quorum queues persist regardless; classic ones
+/// bound by a policy later would not without it).
+const PERSISTENT: u8 = 2;
+
+/// Why an envelope was not published. In every case the message must be treated as not
+/// sent (it may still have reached the broker when the outcome is unknown: at least once).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PublishError {
+    /// No queue is bound to the routing key: the broker returned the mandatory message.
+    #[error("no queue is bound to {routing_key:?}: returned with {reply_code} {reply_text}")]
+    Unroutable {
+        /// The event type nobody is bound to.
+        routing_key: String,
+        /// AMQP reply code, 312 (`NO_ROUTE`).
+        reply_code: u16,
+        /// The broker's explanation.
+        reply_text: String,
+    },
+    /// The broker refused to take responsibility for the message.
+    #[error("the broker nacked the message")]
+    Nacked,
+    /// The broker did not confirm in time; the channel was dropped.
+    #[error("no confirm from the broker within {0:?}")]
+    Timeout(Duration),
+    /// Not sent because an earlier message of the same batch broke the channel.
+    #[error("not sent: the channel failed earlier in the batch")]
+    NotSent,
+    /// The envelope cannot be expressed as an AMQP message (e.g. a type over 255 bytes).
+    #[error("cannot encode the message: {0}")]
+    Encode(String),
+    /// No connection or channel (outage, reconnect in progress).
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+impl From<lapin::Error> for PublishError {
+    fn from(err: lapin::Error) -> Self {
+        Self::Broker(BrokerError::Amqp(err))
+    }
+}
+
+/// Publishes envelopes to the events exchange, `mandatory`, and waits for confirms.
+///
+/// Cheap to clone; clones share one confirm-mode channel, reopened after a failure.
+/// Batches on one publisher run one after the other: a returned message is told apart
+/// by its `message_id` within its batch, which two interleaved batches would confuse.
+#[derive(Clone, Debug)]
+pub struct Publisher {
+    /// Shared by the clones.
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// Where channels come from.
+    broker: Broker,
+    /// The confirm-mode channel; `None` until first use and after a failure. The lock is
+    /// held for a whole batch.
+    channel: Mutex<Option<Channel>>,
+    /// How long a batch may wait for its confirms.
+    confirm_timeout: Duration,
+}
+
+impl Publisher {
+    /// A publisher on `broker`'s connection; the channel opens on first use.
+    pub fn new(broker: Broker) -> Self {
+        Self::with_confirm_timeout(broker, DEFAULT_CONFIRM_TIMEOUT)
+    }
+
+    /// [`Publisher::new`] with another limit on waiting for confirms.
+    pub fn with_confirm_timeout(broker: Broker, confirm_timeout: Duration) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                broker,
+                channel: Mutex::new(None),
+                confirm_timeout,
+            }),
+        }
+    }
+
+    /// The broker handle this publisher uses.
+    pub fn broker(&self) -> &Broker {
+        &self.inner.broker
+    }
+
+    /// Publishes one envelope; `Ok` only on a broker ack with no `basic.return`.
+    pub async fn publish(&self, envelope: &Envelope) -> Result<(), PublishError> {
+        self.publish_batch(std::slice::from_ref(envelope))
+            .await
+            .pop()
+            .unwrap_or(Err(PublishError::NotSent))
+    }
+
+    /// Sends every envelope, then awaits all confirms (pipelining: the broker confirms
+    /// one message at a time far slower than many in flight). One result per envelope,
+    /// in order; `Ok` only on an ack with no `basic.return`.
+    pub async fn publish_batch(&self, envelopes: &[Envelope]) -> Vec<Result<(), PublishError>> {
+        if envelopes.is_empty() {
+            return Vec::new();
+        }
+        let mut slot = self.inner.channel.lock().await;
+        let channel = match self.usable_channel(&mut slot).await {
+            Ok(channel) => channel,
+            Err(err) => return vec![Err(err); envelopes.len()],
+        };
+        let exchange = match name(&self.inner.broker.topology().events_exchange()) {
+            Ok(exchange) => exchange,
+            Err(err) => return vec![Err(err.into()); envelopes.len()],
+        };
+
+        let mut results: Vec<Result<(), PublishError>> =
+            vec![Err(PublishError::NotSent); envelopes.len()];
+        let mut in_flight = Vec::with_capacity(envelopes.len());
+        let mut channel_failed = false;
+        for (index, envelope) in envelopes.iter().enumerate() {
+            if channel_failed {
+                break;
+            }
+            let (routing_key, properties, body) = match encode(envelope) {
+                Ok(message) => message,
+                Err(err) => {
+                    results[index] = Err(err);
+                    continue;
+                }
+            };
+            let options = BasicPublishOptions {
+                // Unroutable messages come back as basic.return instead of vanishing.
+                mandatory: true,
+                // RabbitMQ does not implement `immediate` (it closes the connection).
+                immediate: false,
+            };
+            match channel
+                .basic_publish(exchange.clone(), routing_key, options, &body, properties)
+                .await
+            {
+                Ok(confirm) => in_flight.push((index, confirm)),
+                Err(err) => {
+                    results[index] = Err(err.into());
+                    channel_failed = true;
+                }
+            }
+        }
+
+        let indices: Vec<usize> = in_flight.iter().map(|(index, _)| *index).collect();
+        let confirms = tokio::time::timeout(
+            self.inner.confirm_timeout,
+            futures::future::join_all(in_flight.into_iter().map(|(_, confirm)| confirm)),
+        )
+        .await;
+        let Ok(confirms) = confirms else {
+            tracing::warn!(
+                timeout = ?self.inner.confirm_timeout,
+                "no confirms from the broker; dropping the channel"
+            );
+            for index in indices {
+                results[index] = Err(PublishError::Timeout(self.inner.confirm_timeout));
+            }
+            // Late confirms of this batch must not be mistaken for a later batch's.
+            super::broker::close_quietly(&channel).await;
+            *slot = None;
+            return results;
+        };
+
+        // lapin hands each returned message to whichever confirm comes next, and a
+        // `multiple` ack can settle several tags at once: attribute returns by message id,
+        // never by position.
+        let mut returned: HashMap<String, (u16, String)> = HashMap::new();
+        let mut unattributed_return = false;
+        let mut outcomes = Vec::with_capacity(indices.len());
+        for confirm in confirms {
+            match confirm {
+                Ok(confirmation) => {
+                    let acked = confirmation.is_ack();
+                    let requested = !matches!(confirmation, Confirmation::NotRequested);
+                    if let Some(message) = confirmation.take_message() {
+                        match message.properties.message_id() {
+                            Some(id) => {
+                                returned.insert(
+                                    id.to_string(),
+                                    (message.reply_code, message.reply_text.to_string()),
+                                );
+                            }
+                            None => unattributed_return = true,
+                        }
+                    }
+                    outcomes.push(match (requested, acked) {
+                        (true, true) => Ok(()),
+                        (true, false) => Err(PublishError::Nacked),
+                        // Cannot happen (confirm_select ran on this channel); never
+                        // count an unconfirmed message as published.
+                        (false, _) => Err(PublishError::Encode("confirms not enabled".into())),
+                    });
+                }
+                Err(err) => {
+                    channel_failed = true;
+                    outcomes.push(Err(err.into()));
+                }
+            }
+        }
+        if unattributed_return {
+            tracing::error!("a returned message carries no message id; failing the whole batch");
+        }
+        for (index, outcome) in indices.into_iter().zip(outcomes) {
+            let envelope = &envelopes[index];
+            results[index] = match outcome {
+                Ok(()) if unattributed_return => Err(PublishError::NotSent),
+                Ok(()) => match returned.get(&envelope.id.to_string()) {
+                    Some((reply_code, reply_text)) => Err(PublishError::Unroutable {
+                        routing_key: envelope.event_type.clone(),
+                        reply_code: *reply_code,
+                        reply_text: reply_text.clone(),
+                    }),
+                    None => Ok(()),
+                },
+                Err(err) => Err(err),
+            };
+        }
+        if channel_failed {
+            *slot = None;
+        }
+        results
+    }
+
+    /// The stored channel when it is still open, else a new one in confirm mode.
+    async fn usable_channel(&self, slot: &mut Option<Channel>) -> Result<Channel, PublishError> {
+        if let Some(channel) = slot.as_ref()
+            && channel.status().connected()
+        {
+            return Ok(channel.clone());
+        }
+        *slot = None;
+        let channel = self.inner.broker.channel().await?;
+        // Confirms are what "published" means here; `nowait: false` so we know they are on
+        // before the first message goes out.
+        channel
+            .confirm_select(ConfirmSelectOptions { nowait: false })
+            .await?;
+        *slot = Some(channel.clone());
+        Ok(channel)
+    }
+}
+
+/// The routing key, AMQP properties (per `events.md`) and JSON body of `envelope`.
+fn encode(envelope: &Envelope) -> Result<(ShortString, BasicProperties, Vec<u8>), PublishError> {
+    let too_long = |what: &str| PublishError::Encode(format!("{what} is over 255 bytes"));
+    let event_type =
+        ShortString::try_new(envelope.event_type.as_str()).map_err(|_| too_long("the type"))?;
+    let source =
+        ShortString::try_new(envelope.source.as_str()).map_err(|_| too_long("the source"))?;
+    let body = serde_json::to_vec(envelope).map_err(|err| PublishError::Encode(err.to_string()))?;
+    let properties = BasicProperties::default()
+        .with_message_id(envelope.id.to_string().into())
+        .with_type(event_type.clone())
+        .with_content_type("application/json".into())
+        .with_delivery_mode(PERSISTENT)
+        // AMQP timestamps are whole seconds since the epoch; the body has the precise time.
+        .with_timestamp(u64::try_from(envelope.occurred_at.timestamp()).unwrap_or(0))
+        .with_correlation_id(envelope.correlation_id.to_string().into())
+        .with_app_id(source);
+    Ok((event_type, properties, body))
+}

@@ -1,0 +1,315 @@
+//! The outbox and its relay against the real PostgreSQL and RabbitMQ.
+
+mod messaging_support;
+
+use messaging_support::{count, eventually, test_env};
+use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
+use sea_orm_migration::{MigrationTrait, SchemaManager};
+use serde_json::json;
+use shared::{
+    events::{Envelope, types},
+    messaging::Publisher,
+    outbox::{self, OutboxRelay},
+    shutdown::Shutdown,
+};
+use std::{collections::HashMap, time::Duration};
+
+const SERVICE: &str = "orders";
+const WAIT: Duration = Duration::from_secs(15);
+/// So long that a relay in these tests only moves when something wakes it.
+const NEVER_POLL: Duration = Duration::from_secs(3600);
+
+fn stock_changed(aggregate: &str, n: i64) -> Envelope {
+    Envelope::new(
+        types::STOCK_CHANGED,
+        "inventory",
+        json!({ "aggregate": aggregate, "n": n }),
+        None,
+    )
+}
+
+fn relay(env: &messaging_support::TestEnv) -> OutboxRelay {
+    OutboxRelay::new(env.db.clone(), Publisher::new(env.broker.clone()), &env.url)
+}
+
+#[tokio::test]
+async fn committed_outbox_rows_reach_a_bound_queue_and_rolled_back_ones_do_not() {
+    let env = test_env("outbox_commit").await;
+    env.declare(SERVICE, &[types::STOCK_CHANGED]).await;
+    let kept = stock_changed("stock:S1:A", 1);
+    let dropped = stock_changed("stock:S1:B", 1);
+
+    let txn = env.db.begin().await.expect("begin");
+    outbox::enqueue(&txn, "stock:S1:A", &kept)
+        .await
+        .expect("enqueue");
+    txn.commit().await.expect("commit");
+    let txn = env.db.begin().await.expect("begin");
+    outbox::enqueue(&txn, "stock:S1:B", &dropped)
+        .await
+        .expect("enqueue");
+    txn.rollback().await.expect("rollback");
+    let report = relay(&env).drain_once().await.expect("drain");
+
+    assert_eq!(report.claimed, 1);
+    assert_eq!(report.published, 1);
+    let queue = env.topology.service_queue(SERVICE);
+    let received = env.take(&queue, 2, Duration::from_secs(1)).await;
+    assert_eq!(received.len(), 1);
+    let body: Envelope = serde_json::from_slice(&received[0].data).expect("envelope");
+    assert_eq!(body, kept);
+    assert_eq!(outbox::pending_count(&env.db).await.expect("pending"), 0);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_unroutable_event_is_not_marked_published() {
+    let env = test_env("outbox_unroutable").await;
+    env.declare(SERVICE, &[types::STOCK_CHANGED]).await;
+    let nobody_listens = Envelope::new("test.nobody.listens", "inventory", json!({}), None);
+    outbox::enqueue(&env.db, "store:S1", &nobody_listens)
+        .await
+        .expect("enqueue");
+
+    let report = relay(&env).drain_once().await.expect("drain");
+
+    assert_eq!((report.published, report.failed), (0, 1));
+    assert_eq!(outbox::pending_count(&env.db).await.expect("pending"), 1);
+    let failed = count(
+        &env.db,
+        "SELECT count(*) AS n FROM outbox
+         WHERE published_at IS NULL AND attempts = 1 AND last_error LIKE '%no queue is bound%'",
+    )
+    .await;
+    assert_eq!(failed, 1);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn later_rows_of_an_aggregate_wait_until_its_failed_row_goes_through() {
+    let env = test_env("outbox_head").await;
+    env.declare(SERVICE, &[types::STOCK_CHANGED]).await;
+    let head = Envelope::new("test.bound.later", "inventory", json!({ "n": 1 }), None);
+    let tail = stock_changed("store:S1", 2);
+    let other = stock_changed("store:S2", 1);
+    outbox::enqueue_many(
+        &env.db,
+        [
+            ("store:S1", &head),
+            ("store:S1", &tail),
+            ("store:S2", &other),
+        ],
+    )
+    .await
+    .expect("enqueue");
+    let relay = relay(&env);
+
+    let first = relay.drain_once().await.expect("drain");
+    // The tail went out with the head in one pipelined batch, but is not marked: it must
+    // be seen after the head. Other aggregates are not held up.
+    assert_eq!((first.published, first.failed, first.held_back), (1, 1, 1));
+    let second = relay.drain_once().await.expect("drain");
+    assert_eq!(
+        (second.published, second.failed, second.held_back),
+        (0, 1, 1),
+        "only the failed head is tried again"
+    );
+    env.declare(SERVICE, &["test.bound.later"]).await;
+    let third = relay.drain_once().await.expect("drain");
+    assert_eq!((third.published, third.held_back), (1, 1));
+    let fourth = relay.drain_once().await.expect("drain");
+    assert_eq!(fourth.published, 1);
+    assert_eq!(relay.pending_count().await.expect("pending"), 0);
+
+    let queue = env.topology.service_queue(SERVICE);
+    let order: Vec<String> = env
+        .take(&queue, 4, WAIT)
+        .await
+        .iter()
+        .map(|delivery| {
+            let body: Envelope = serde_json::from_slice(&delivery.data).expect("envelope");
+            body.id.to_string()
+        })
+        .collect();
+    let (head, tail, other) = (
+        head.id.to_string(),
+        tail.id.to_string(),
+        other.id.to_string(),
+    );
+    assert_eq!(order, [tail.clone(), other, head, tail]);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn per_aggregate_order_is_kept_with_two_relays_running() {
+    let env = test_env("outbox_order").await;
+    env.declare(SERVICE, &[types::STOCK_CHANGED]).await;
+    let shutdown = Shutdown::new();
+    // Small batches so the two relays hold interleaved parts of the same aggregates.
+    let relays = [
+        tokio::spawn(relay(&env).with_batch_size(16).run(shutdown.clone())),
+        tokio::spawn(relay(&env).with_batch_size(16).run(shutdown.clone())),
+    ];
+    let aggregates = 12;
+    let per_aggregate = 40;
+
+    for round in 0..per_aggregate {
+        let events: Vec<(String, Envelope)> = (0..aggregates)
+            .map(|a| {
+                let aggregate = format!("stock:S1:{a}");
+                let event = stock_changed(&aggregate, round);
+                (aggregate, event)
+            })
+            .collect();
+        let txn = env.db.begin().await.expect("begin");
+        outbox::enqueue_many(&txn, events.iter().map(|(a, e)| (a.as_str(), e)))
+            .await
+            .expect("enqueue");
+        txn.commit().await.expect("commit");
+    }
+
+    let total = usize::try_from(aggregates * per_aggregate).expect("small");
+    let queue = env.topology.service_queue(SERVICE);
+    let received = env.take(&queue, total + 1, Duration::from_secs(20)).await;
+    assert_eq!(received.len(), total, "every row once, no duplicates");
+    let mut last: HashMap<String, i64> = HashMap::new();
+    for delivery in &received {
+        let body: Envelope = serde_json::from_slice(&delivery.data).expect("envelope");
+        let aggregate = body.data["aggregate"]
+            .as_str()
+            .expect("aggregate")
+            .to_owned();
+        let n = body.data["n"].as_i64().expect("n");
+        let previous = last.insert(aggregate.clone(), n).unwrap_or(-1);
+        assert_eq!(n, previous + 1, "{aggregate}: {n} after {previous}");
+    }
+    assert_eq!(outbox::pending_count(&env.db).await.expect("pending"), 0);
+    shutdown.cancel();
+    for relay in relays {
+        relay.await.expect("relay task");
+    }
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_running_relay_publishes_a_commit_of_its_own_process_without_polling() {
+    let env = test_env("outbox_wake").await;
+    env.declare(SERVICE, &[types::STOCK_CHANGED]).await;
+    let shutdown = Shutdown::new();
+    let running = tokio::spawn(
+        relay(&env)
+            .with_poll_interval(NEVER_POLL)
+            .run(shutdown.clone()),
+    );
+    // Let the relay reach its idle wait.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let event = stock_changed("stock:S1:A", 1);
+
+    let txn = env.db.begin().await.expect("begin");
+    outbox::enqueue(&txn, "stock:S1:A", &event)
+        .await
+        .expect("enqueue");
+    // A writer that takes its time between enqueue and commit.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    txn.commit().await.expect("commit");
+
+    let queue = env.topology.service_queue(SERVICE);
+    assert_eq!(env.take(&queue, 1, Duration::from_secs(5)).await.len(), 1);
+    shutdown.cancel();
+    running.await.expect("relay task");
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn with_the_notify_trigger_a_relay_wakes_on_another_process_commit() {
+    let env = test_env("outbox_notify").await;
+    outbox::NotifyTrigger
+        .up(&SchemaManager::new(&env.db))
+        .await
+        .expect("trigger");
+    env.declare(SERVICE, &[types::STOCK_CHANGED]).await;
+    let shutdown = Shutdown::new();
+    let running = tokio::spawn(
+        relay(&env)
+            .with_poll_interval(NEVER_POLL)
+            .run(shutdown.clone()),
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let event = stock_changed("stock:S1:A", 1);
+
+    // A plain INSERT, as another process would commit it: no in-process wake.
+    env.db
+        .execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "INSERT INTO outbox (id, aggregate, routing_key, payload) VALUES ($1, $2, $3, $4)",
+            [
+                event.id.into(),
+                "stock:S1:A".into(),
+                types::STOCK_CHANGED.into(),
+                serde_json::to_value(&event).expect("json").into(),
+            ],
+        ))
+        .await
+        .expect("insert");
+
+    let queue = env.topology.service_queue(SERVICE);
+    assert_eq!(env.take(&queue, 1, Duration::from_secs(5)).await.len(), 1);
+    shutdown.cancel();
+    running.await.expect("relay task");
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn rows_locked_by_a_relay_that_dies_are_published_by_another() {
+    let env = test_env("outbox_crash").await;
+    env.declare(SERVICE, &[types::STOCK_CHANGED]).await;
+    let events: Vec<Envelope> = (0..10).map(|n| stock_changed("stock:S1:A", n)).collect();
+    outbox::enqueue_many(&env.db, events.iter().map(|e| ("stock:S1:A", e)))
+        .await
+        .expect("enqueue");
+    // A relay that claimed the rows and then hangs or dies before committing.
+    let dying = env.db.begin().await.expect("begin");
+    dying
+        .execute_unprepared(
+            "SELECT seq FROM outbox WHERE published_at IS NULL ORDER BY seq FOR UPDATE",
+        )
+        .await
+        .expect("lock");
+    let survivor = relay(&env);
+
+    let while_locked = survivor.drain_once().await.expect("drain");
+    assert_eq!(
+        while_locked.claimed, 0,
+        "locked rows are skipped, not waited on"
+    );
+    drop(dying); // its connection ends the transaction: rollback, locks released
+    assert!(
+        eventually(WAIT, || async {
+            survivor.drain_once().await.is_ok_and(|r| r.published > 0)
+        })
+        .await
+    );
+
+    assert_eq!(survivor.pending_count().await.expect("pending"), 0);
+    let queue = env.topology.service_queue(SERVICE);
+    assert_eq!(env.take(&queue, 11, Duration::from_secs(2)).await.len(), 10);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn pending_count_counts_unpublished_rows_only() {
+    let env = test_env("outbox_pending").await;
+    env.declare(SERVICE, &[types::STOCK_CHANGED]).await;
+    let events: Vec<Envelope> = (0..5).map(|n| stock_changed("stock:S1:A", n)).collect();
+    outbox::enqueue_many(&env.db, events.iter().map(|e| ("stock:S1:A", e)))
+        .await
+        .expect("enqueue");
+    let relay = relay(&env).with_batch_size(3);
+
+    assert_eq!(relay.pending_count().await.expect("pending"), 5);
+    relay.drain_once().await.expect("drain");
+    assert_eq!(relay.pending_count().await.expect("pending"), 2);
+    relay.drain_once().await.expect("drain");
+    assert_eq!(relay.pending_count().await.expect("pending"), 0);
+    env.cleanup().await;
+}
