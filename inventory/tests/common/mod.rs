@@ -256,3 +256,80 @@ pub async fn problem(r: Response, status: StatusCode) -> Value {
     assert!(body["type"].is_string() && body["title"].is_string() && body["detail"].is_string());
     body
 }
+
+/// A queue of the test's own, bound to `routing_key` on the service's events exchange.
+pub async fn shared_queue(app: &TestApp, routing_key: &str) -> lapin::Channel {
+    use lapin::options::*;
+    use lapin::types::FieldTable;
+    let conn = lapin::Connection::connect(
+        &shared::testing::amqp_url(),
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    let queue = format!("{}probe.{}", app.prefix, uuid::Uuid::new_v4().simple());
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            queue.as_str().into(),
+            format!("{}clickcollect.events", app.prefix).as_str().into(),
+            routing_key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    // The connection lives as long as the channel is used.
+    std::mem::forget(conn);
+    PROBES.lock().unwrap().insert(channel.id(), queue);
+    channel
+}
+
+static PROBES: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<u16, String>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// The next message on a probe queue (waits up to 10 s), with its AMQP properties checked.
+pub async fn next_event(channel: &lapin::Channel) -> Value {
+    let queue = PROBES.lock().unwrap().get(&channel.id()).cloned().unwrap();
+    for _ in 0..200 {
+        let got = channel
+            .basic_get(
+                queue.as_str().into(),
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap();
+        if let Some(message) = got {
+            let props = &message.delivery.properties;
+            let body: Value = serde_json::from_slice(&message.delivery.data).unwrap();
+            assert_eq!(
+                props.content_type().as_ref().map(|s| s.as_str()),
+                Some("application/json")
+            );
+            assert_eq!(props.delivery_mode(), &Some(2));
+            assert_eq!(
+                props.message_id().as_ref().map(|s| s.to_string()),
+                body["id"].as_str().map(str::to_owned)
+            );
+            assert_eq!(
+                props.kind().as_ref().map(|s| s.to_string()),
+                body["type"].as_str().map(str::to_owned)
+            );
+            return body;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("no event arrived on {queue}");
+}

@@ -1,0 +1,85 @@
+//! What the service tells the others: every level change as `inventory.stock.changed`.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+use common::*;
+use serde_json::json;
+
+#[tokio::test]
+async fn a_stock_change_reaches_a_queue_bound_to_stock_changed_with_the_envelope_of_events_md() {
+    let app = spawn_app().await;
+    app.store("S1", 48.85, 2.35).await;
+    let queue = shared_queue(&app, "inventory.stock.changed").await;
+    app.stock("S1", "A", 10).await;
+    app.reserve(&customer("c1"), "S1", json!([{"sku": "A", "quantity": 9}]))
+        .await;
+    let first = next_event(&queue).await;
+    let second = next_event(&queue).await;
+    for (event, revision) in [(&first, 1), (&second, 2)] {
+        assert_eq!(event["type"], "inventory.stock.changed");
+        assert_eq!(event["version"], 1);
+        assert_eq!(event["source"], "inventory");
+        assert!(
+            event["id"]
+                .as_str()
+                .unwrap()
+                .parse::<uuid::Uuid>()
+                .unwrap()
+                .get_version_num()
+                == 7
+        );
+        assert!(event["occurred_at"].as_str().unwrap().ends_with('Z'));
+        assert!(event["correlation_id"].is_string());
+        assert!(event.get("causation_id").is_some());
+        assert_eq!(event["data"]["revision"], revision);
+    }
+    assert_eq!(
+        (
+            first["data"]["on_hand"].as_i64(),
+            first["data"]["available"].as_i64(),
+            first["data"]["status"].as_str()
+        ),
+        (Some(10), Some(10), Some("in_stock"))
+    );
+    assert_eq!(
+        (
+            second["data"]["reserved"].as_i64(),
+            second["data"]["available"].as_i64(),
+            second["data"]["status"].as_str()
+        ),
+        (Some(9), Some(1), Some("low_stock"))
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_reservation_publishes_its_confirmation_and_its_release() {
+    let app = spawn_app().await;
+    app.store("S1", 48.85, 2.35).await;
+    app.stock("S1", "A", 10).await;
+    let queue = shared_queue(&app, "inventory.reservation.*").await;
+    let res: serde_json::Value = app
+        .reserve(&customer("c1"), "S1", json!([{"sku": "A", "quantity": 2}]))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = res["id"].as_str().unwrap();
+    app.post(
+        &format!("/v1/reservations/{id}/release"),
+        &customer("c1"),
+        json!({}),
+    )
+    .await;
+    let confirmed = next_event(&queue).await;
+    assert_eq!(confirmed["type"], "inventory.reservation.confirmed");
+    assert_eq!(confirmed["data"]["reservation_id"], id);
+    assert_eq!(
+        confirmed["data"]["lines"],
+        json!([{"sku": "A", "quantity": 2}])
+    );
+    let released = next_event(&queue).await;
+    assert_eq!(released["type"], "inventory.reservation.released");
+    assert_eq!(released["data"]["store_id"], "S1");
+    app.stop().await;
+}
