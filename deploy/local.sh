@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# The local stack: `up` runs the whole system with demo data, `test` runs every test,
+# `stop` stops what `up --detach` started. Needs PostgreSQL and RabbitMQ installed
+# (it starts them when they are down) and the Rust toolchain of rust-toolchain.toml.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/clickcollect-target}"
+RUN_DIR="${CLICKCOLLECT_RUN_DIR:-$HOME/.cache/clickcollect/run}"
+PG_HOST=127.0.0.1
+SERVICES=(inventory)
+declare -A PORTS=([inventory]=8081)
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+ensure_postgres() {
+  if pg_isready -q -h "$PG_HOST" -p 5432 2>/dev/null; then return; fi
+  command -v pg_ctlcluster >/dev/null || die "PostgreSQL is not installed: apt-get install postgresql (then rerun)"
+  say "starting PostgreSQL"
+  local version
+  version="$(ls /etc/postgresql | sort -V | tail -n 1)"
+  pg_ctlcluster --skip-systemctl-redirect "$version" main start
+  for _ in $(seq 1 60); do pg_isready -q -h "$PG_HOST" -p 5432 && return; sleep 0.5; done
+  die "PostgreSQL did not come up"
+}
+
+ensure_rabbitmq() {
+  if rabbitmqctl -q status >/dev/null 2>&1; then return; fi
+  command -v rabbitmq-server >/dev/null || die "RabbitMQ is not installed: apt-get install rabbitmq-server (then rerun)"
+  say "starting RabbitMQ"
+  rabbitmq-server -detached
+  rabbitmqctl -q await_startup >/dev/null 2>&1 || sleep 5
+  # A node left stopped by `rabbitmqctl stop_app` answers status but routes nothing.
+  rabbitmqctl -q start_app >/dev/null 2>&1 || true
+}
+
+ensure_broker_app() {
+  # A test that stops the broker app and dies before restarting it must not break the next run.
+  rabbitmqctl -q start_app >/dev/null 2>&1 || true
+}
+
+drop_test_databases() {
+  psql -h "$PG_HOST" -U postgres -Atc "SELECT datname FROM pg_database WHERE datname LIKE 't\_%' OR datname LIKE 'bench\_%'" |
+    while read -r db; do psql -h "$PG_HOST" -U postgres -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)"; done
+}
+
+drop_test_queues() {
+  # Tests and benchmarks name their queues with a prefix of their own (t<hex>. / bench<hex>.).
+  rabbitmqctl -q list_queues name 2>/dev/null | grep -E '^(t[0-9a-f]{12}|bench[0-9a-z]+)\.' |
+    while read -r q; do rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true; done
+}
+
+cmd_test() {
+  ensure_postgres
+  ensure_rabbitmq
+  ensure_broker_app
+  command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
+  cd "$ROOT"
+  drop_test_databases
+  drop_test_queues
+  local status=0
+  # Everything but the broker-restart tests, in parallel…
+  cargo nextest run --workspace --profile ci -E 'not test(broker_restart)' || status=$?
+  # …then those alone: they stop the machine's one broker.
+  cargo nextest run --workspace --profile ci -E 'test(broker_restart)' --test-threads 1 || status=$?
+  ensure_broker_app
+  drop_test_databases
+  drop_test_queues
+  return "$status"
+}
+
+stop_services() {
+  for svc in "${SERVICES[@]}"; do
+    local pidfile="$RUN_DIR/$svc.pid"
+    [ -f "$pidfile" ] || continue
+    local pid
+    pid="$(cat "$pidfile")"
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -TERM "$pid" 2>/dev/null || true
+      for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+    rm -f "$pidfile"
+  done
+}
+
+wait_ready() {
+  local svc=$1 port=$2
+  for _ in $(seq 1 120); do
+    curl -sf "http://127.0.0.1:$port/health/ready" >/dev/null 2>&1 && return
+    kill -0 "$(cat "$RUN_DIR/$svc.pid")" 2>/dev/null || die "$svc exited; see $RUN_DIR/$svc.log"
+    sleep 0.5
+  done
+  die "$svc is not ready; see $RUN_DIR/$svc.log"
+}
+
+cmd_up() {
+  local detach=0
+  [ "${1:-}" = "--detach" ] && detach=1
+  ensure_postgres
+  ensure_rabbitmq
+  ensure_broker_app
+  cd "$ROOT"
+  say "building (release)"
+  cargo build --release -p inventory -p e2e --bin inventory --bin seed --bin devtoken
+  mkdir -p "$RUN_DIR"
+  stop_services
+  for svc in "${SERVICES[@]}"; do
+    say "starting $svc on :${PORTS[$svc]} (log: $RUN_DIR/$svc.log)"
+    BIND_ADDR="127.0.0.1:${PORTS[$svc]}" RUST_LOG="${RUST_LOG:-info}" \
+      setsid "$CARGO_TARGET_DIR/release/$svc" >"$RUN_DIR/$svc.log" 2>&1 &
+    echo $! >"$RUN_DIR/$svc.pid"
+  done
+  for svc in "${SERVICES[@]}"; do wait_ready "$svc" "${PORTS[$svc]}"; done
+  if [ "$(curl -sf http://127.0.0.1:8081/v1/stores | grep -c store_id || true)" = "0" ]; then
+    say "loading demo data"
+    "$CARGO_TARGET_DIR/release/seed" http://127.0.0.1:8081
+  fi
+  local tok="$CARGO_TARGET_DIR/release/devtoken"
+  cat <<TXT
+
+clickcollect is up.
+  inventory      http://127.0.0.1:8081   Swagger UI http://127.0.0.1:8081/docs/
+  logs           $RUN_DIR/*.log
+
+Development tokens (12 h, signed with the development secret):
+  admin     $("$tok" admin)
+  staff     $("$tok" staff demo-staff PAR-LOUVRE,PAR-BASTILLE)
+  customer  $("$tok" customer demo-customer)
+  service   $("$tok" service orders)
+
+Try:  curl 'http://127.0.0.1:8081/v1/availability?store_id=PAR-LOUVRE&sku=SKU-00007'
+TXT
+  if [ "$detach" = 1 ]; then
+    echo "Detached: stop with deploy/local.sh stop"
+    return
+  fi
+  echo "Ctrl-C stops everything."
+  trap 'echo; say "stopping"; stop_services; exit 0' INT TERM
+  while true; do
+    for svc in "${SERVICES[@]}"; do
+      kill -0 "$(cat "$RUN_DIR/$svc.pid")" 2>/dev/null || { stop_services; die "$svc exited; see $RUN_DIR/$svc.log"; }
+    done
+    sleep 2
+  done
+}
+
+case "${1:-up}" in
+  up) shift || true; cmd_up "$@" ;;
+  test) cmd_test ;;
+  stop) stop_services ;;
+  *) die "usage: deploy/local.sh up [--detach] | test | stop" ;;
+esac
