@@ -15,7 +15,10 @@ use std::time::Duration;
 async fn rabbitmqctl(args: &[&str]) {
     let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
     let status = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("rabbitmqctl").args(&args).stdout(std::process::Stdio::null()).status()
+        std::process::Command::new("rabbitmqctl")
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .status()
     })
     .await
     .unwrap()
@@ -25,7 +28,12 @@ async fn rabbitmqctl(args: &[&str]) {
 
 async fn probe_channel() -> lapin::Channel {
     for _ in 0..60 {
-        if let Ok(conn) = lapin::Connection::connect(&shared::testing::amqp_url(), lapin::ConnectionProperties::default()).await {
+        if let Ok(conn) = lapin::Connection::connect(
+            &shared::testing::amqp_url(),
+            lapin::ConnectionProperties::default(),
+        )
+        .await
+        {
             let channel = conn.create_channel().await.unwrap();
             std::mem::forget(conn);
             return channel;
@@ -37,7 +45,13 @@ async fn probe_channel() -> lapin::Channel {
 
 async fn adjust(app: &TestApp, n: usize) {
     for _ in 0..n {
-        let r = app.post("/v1/stores/S1/stock/A/adjustments", &admin(), json!({"delta": 1, "reason": "count"})).await;
+        let r = app
+            .post(
+                "/v1/stores/S1/stock/A/adjustments",
+                &admin(),
+                json!({"delta": 1, "reason": "count"}),
+            )
+            .await;
         assert_eq!(r.status(), StatusCode::OK);
     }
 }
@@ -50,10 +64,31 @@ async fn broker_restart_mid_flow_loses_no_stock_event() {
     let queue = format!("{}probe.durable", app.prefix);
     let channel = probe_channel().await;
     let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
-    channel.queue_declare(queue.as_str().into(), QueueDeclareOptions { durable: true, ..Default::default() }, args).await.unwrap();
-    channel.queue_bind(queue.as_str().into(), format!("{}clickcollect.events", app.prefix).as_str().into(),
-                       "inventory.stock.changed".into(), QueueBindOptions::default(), FieldTable::default()).await.unwrap();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            queue.as_str().into(),
+            format!("{}clickcollect.events", app.prefix).as_str().into(),
+            "inventory.stock.changed".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
 
     adjust(&app, 10).await;
     rabbitmqctl(&["stop_app"]).await;
@@ -74,7 +109,11 @@ async fn broker_restart_mid_flow_loses_no_stock_event() {
         if seen.len() == 30 {
             break;
         }
-        match channel.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true }).await.unwrap() {
+        match channel
+            .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
             Some(m) => {
                 let event: Value = serde_json::from_slice(&m.delivery.data).unwrap();
                 let rev = event["data"]["revision"].as_i64().unwrap();
@@ -91,7 +130,10 @@ async fn broker_restart_mid_flow_loses_no_stock_event() {
     let duplicated: usize = seen.values().map(|n| n - 1).sum();
     eprintln!("lost {lost}, duplicated {duplicated}, unexpected {unexpected}");
     assert_eq!((lost, unexpected), (0, 0));
-    channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await.unwrap();
+    channel
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
     // The service is whole again: ready, and its view live.
     for _ in 0..100 {
         if app.get("/health/ready", None).await.status() == StatusCode::OK {
@@ -99,7 +141,10 @@ async fn broker_restart_mid_flow_loses_no_stock_event() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(app.get("/health/ready", None).await.status(), StatusCode::OK);
+    assert_eq!(
+        app.get("/health/ready", None).await.status(),
+        StatusCode::OK
+    );
     assert_eq!(app.availability("S1", "A").await["on_hand"], 30);
     app.stop().await;
 }

@@ -74,7 +74,7 @@ async fn sixty_four_clients_on_many_skus_with_multi_line_carts_never_oversell_or
         .map(|n| {
             let app = app.clone();
             tokio::spawn(async move {
-                let mut won = vec![0i64; 8];
+                let mut won = [0i64; 8];
                 for round in 0..5 {
                     // Carts of three SKUs in varying order, so rows are asked for in every order.
                     let ks = [(n + round) % 8, (n * 3 + 1) % 8, (n * 5 + round + 2) % 8];
@@ -96,7 +96,7 @@ async fn sixty_four_clients_on_many_skus_with_multi_line_carts_never_oversell_or
             })
         })
         .collect();
-    let mut won = vec![0i64; 8];
+    let mut won = [0i64; 8];
     for t in tasks {
         for (k, w) in t.await.unwrap().into_iter().enumerate() {
             won[k] += w;

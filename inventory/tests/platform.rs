@@ -15,7 +15,10 @@ async fn health_metrics_and_docs_are_served_and_the_service_stops_cleanly() {
     assert_eq!(ready["checks"]["broker"], true);
     app.store("S1", 48.85, 2.35).await;
     let metrics = app.get("/metrics", None).await.text().await.unwrap();
-    assert!(metrics.contains("clickcollect_http_requests_total"), "{metrics}");
+    assert!(
+        metrics.contains("clickcollect_http_requests_total"),
+        "{metrics}"
+    );
     assert!(metrics.contains("route=\"/v1/stores/{store_id}\""));
     let doc: serde_json::Value = app.get("/openapi.json", None).await.json().await.unwrap();
     assert!(doc["paths"]["/v1/reservations"].is_object());

@@ -333,3 +333,38 @@ async fn staff_of_one_store_cannot_touch_another() {
     assert_eq!(app.availability("S2", "A").await["reserved"], 1);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_retry_while_the_first_request_is_still_running_is_a_conflict() {
+    use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
+    let app = spawn_app().await;
+    app.store("S1", 48.85, 2.35).await;
+    app.stock("S1", "A", 10).await;
+    // Stand in for a first request still in flight: hold its key's lock in an open transaction.
+    let first = app.db.begin().await.unwrap();
+    first
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT * FROM idem_begin('customer:c1', 'key-running', 'h')".to_owned(),
+        ))
+        .await
+        .unwrap();
+    let body = json!({"store_id": "S1", "lines": [{"sku": "A", "quantity": 1}], "channel": "web",
+                      "reference": "cart-1", "ttl_seconds": 60});
+    let r = app
+        .post_keyed(
+            "/v1/reservations",
+            &customer("c1"),
+            "key-running",
+            body.clone(),
+        )
+        .await;
+    problem(r, StatusCode::CONFLICT).await;
+    assert_eq!(app.availability("S1", "A").await["reserved"], 0);
+    first.rollback().await.unwrap();
+    let r = app
+        .post_keyed("/v1/reservations", &customer("c1"), "key-running", body)
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    app.stop().await;
+}

@@ -364,7 +364,7 @@ impl OutboxRelay {
             return Ok(report);
         }
 
-        let waiting_elsewhere = self.aggregates_behind_other_relays(&txn, &claimed).await?;
+        let gaps = self.gaps_held_by_other_relays(&txn, &claimed).await?;
         let mut seen: HashSet<&str> = HashSet::new();
         let mut probing: HashSet<&str> = HashSet::new();
         let mut to_send: Vec<(&Row, Envelope)> = Vec::new();
@@ -373,7 +373,7 @@ impl OutboxRelay {
         for row in &claimed {
             let aggregate = row.aggregate.as_str();
             let first_of_aggregate = seen.insert(aggregate);
-            if waiting_elsewhere.contains(aggregate) {
+            if gaps.get(aggregate).is_some_and(|gap| row.seq > *gap) {
                 report.held_back += 1;
                 report.deferred += 1;
                 continue;
@@ -449,36 +449,46 @@ impl OutboxRelay {
         Ok(report)
     }
 
-    /// Aggregates of the batch with an earlier unpublished row outside it, i.e. locked by
-    /// another relay (the batch holds every lower unlocked row): they must wait for it.
-    async fn aggregates_behind_other_relays(
+    /// For each aggregate of the batch with an unpublished row outside the batch that
+    /// precedes some of its rows in the batch (a row another relay holds): the `seq` of
+    /// the first such row. Rows of the aggregate after it must wait for it.
+    ///
+    /// Not only rows before the aggregate's first row in the batch: a relay that held
+    /// back a row and let go of it can claim it again together with later rows, while
+    /// another relay holds one in between.
+    async fn gaps_held_by_other_relays(
         &self,
         txn: &impl ConnectionTrait,
         claimed: &[Row],
-    ) -> Result<HashSet<String>, DbErr> {
-        let mut first_seq: HashMap<&str, i64> = HashMap::new();
+    ) -> Result<HashMap<String, i64>, DbErr> {
+        let mut last_seq: HashMap<&str, i64> = HashMap::new();
         for row in claimed {
-            first_seq.entry(row.aggregate.as_str()).or_insert(row.seq);
+            // `claimed` is in seq order: the last write wins.
+            last_seq.insert(row.aggregate.as_str(), row.seq);
         }
-        let heads: Vec<serde_json::Value> = first_seq
+        let aggregates: Vec<serde_json::Value> = last_seq
             .iter()
-            .map(|(aggregate, seq)| json!({ "aggregate": aggregate, "first_seq": seq }))
+            .map(|(aggregate, seq)| json!({ "aggregate": aggregate, "last_seq": seq }))
             .collect();
+        let batch: Vec<i64> = claimed.iter().map(|row| row.seq).collect();
         let rows = txn
             .query_all_raw(Statement::from_sql_and_values(
                 DbBackend::Postgres,
-                "SELECT b.aggregate FROM jsonb_to_recordset($1::jsonb)
-                     AS b(aggregate text, first_seq bigint)
-                 WHERE EXISTS (
-                     SELECT 1 FROM outbox o
-                     WHERE o.aggregate = b.aggregate
-                       AND o.published_at IS NULL
-                       AND o.seq < b.first_seq)",
-                [Value::from(serde_json::Value::Array(heads))],
+                "SELECT b.aggregate, min(o.seq) AS gap
+                 FROM jsonb_to_recordset($1::jsonb) AS b(aggregate text, last_seq bigint)
+                 JOIN outbox o ON o.aggregate = b.aggregate
+                              AND o.published_at IS NULL
+                              AND o.seq < b.last_seq
+                 WHERE o.seq NOT IN (SELECT jsonb_array_elements_text($2::jsonb)::bigint)
+                 GROUP BY b.aggregate",
+                [
+                    Value::from(serde_json::Value::Array(aggregates)),
+                    Value::from(json!(batch)),
+                ],
             ))
             .await?;
         rows.into_iter()
-            .map(|row| row.try_get::<String>("", "aggregate"))
+            .map(|row| Ok((row.try_get("", "aggregate")?, row.try_get("", "gap")?)))
             .collect()
     }
 

@@ -184,6 +184,11 @@ impl Validation {
         self.errors.is_empty()
     }
 
+    /// Fails now with what was recorded so far, if anything; goes on collecting otherwise.
+    pub fn checkpoint(&mut self) -> Result<(), Problem> {
+        std::mem::take(self).finish()
+    }
+
     /// `Ok` when nothing was recorded, else a 422 listing every error.
     pub fn finish(self) -> Result<(), Problem> {
         if self.errors.is_empty() {
@@ -283,11 +288,11 @@ impl actix_web::FromRequest for Body {
         let fut = actix_web::web::Bytes::from_request(req, payload);
         Box::pin(async move {
             fut.await.map(Body).map_err(|err| {
-                let text = err.to_string();
-                if text.contains("overflow") || text.contains("too large") {
+                let status = err.as_response_error().status_code();
+                if status == StatusCode::PAYLOAD_TOO_LARGE {
                     Problem::too_large("request body is over the size limit")
                 } else {
-                    Problem::bad_request(format!("unreadable request body: {text}"))
+                    Problem::bad_request(format!("unreadable request body: {err}"))
                 }
             })
         })

@@ -170,7 +170,14 @@ async fn per_aggregate_order_is_kept_with_two_relays_running() {
 
     let total = usize::try_from(aggregates * per_aggregate).expect("small");
     let queue = env.topology.service_queue(SERVICE);
-    let received = env.take(&queue, total + 1, Duration::from_secs(20)).await;
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            outbox::pending_count(&env.db).await.expect("pending") == 0
+        })
+        .await,
+        "the relays drained the outbox"
+    );
+    let received = env.take(&queue, total + 1, Duration::from_secs(2)).await;
     assert_eq!(received.len(), total, "every row once, no duplicates");
     let mut last: HashMap<String, i64> = HashMap::new();
     for delivery in &received {

@@ -108,6 +108,7 @@ impl Api {
             let resp = self
                 .http
                 .post(format!("{}/v1/stock/bulk", self.base))
+                .timeout(Duration::from_secs(120))
                 .bearer_auth(token)
                 .json(&json!({ "items": items }))
                 .send()

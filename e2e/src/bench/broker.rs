@@ -11,7 +11,7 @@ use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties, ExchangeKind};
 use serde::Deserialize;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 
 /// The events exchange of events.md, behind the run's prefix.
@@ -72,9 +72,7 @@ pub struct Listener {
 impl Listener {
     /// Binds a fresh queue to `routing_key` on `exchange` and starts consuming.
     pub async fn bind(amqp_url: &str, exchange: &str, routing_key: &str) -> anyhow::Result<Self> {
-        let connection = Connection::connect(amqp_url, ConnectionProperties::default())
-            .await
-            .context("connecting to RabbitMQ")?;
+        let connection = connect(amqp_url).await?;
         let mut channel = connection.create_channel().await?;
         // The service declares the exchange at start-up; check it passively so we never
         // redeclare it with other arguments, and declare it the same way (durable topic) only
@@ -205,7 +203,7 @@ pub async fn delete_prefixed(amqp_url: &str, prefix: &str) -> anyhow::Result<(us
     if queues.is_empty() && exchanges.is_empty() {
         return Ok((0, 0));
     }
-    let connection = Connection::connect(amqp_url, ConnectionProperties::default()).await?;
+    let connection = connect(amqp_url).await?;
     let channel = connection.create_channel().await?;
     for queue in &queues {
         channel
@@ -223,12 +221,52 @@ pub async fn delete_prefixed(amqp_url: &str, prefix: &str) -> anyhow::Result<(us
     Ok((queues.len(), exchanges.len()))
 }
 
+/// The longest connecting to the broker, or one `rabbitmqctl` call, may take.
+const BROKER_TIMEOUT: Duration = Duration::from_secs(20);
+
+async fn connect(amqp_url: &str) -> anyhow::Result<Connection> {
+    tokio::time::timeout(
+        BROKER_TIMEOUT,
+        Connection::connect(amqp_url, ConnectionProperties::default()),
+    )
+    .await
+    .with_context(|| format!("RabbitMQ did not answer within {BROKER_TIMEOUT:?}"))?
+    .context("connecting to RabbitMQ")
+}
+
+/// Waits until the broker completes an AMQP handshake (it may be mid-restart, say by a
+/// broker-restart test on the same machine), for at most `limit`.
+pub async fn wait_reachable(amqp_url: &str, limit: Duration) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        let attempt = tokio::time::timeout(
+            Duration::from_secs(5),
+            Connection::connect(amqp_url, ConnectionProperties::default()),
+        )
+        .await;
+        let err = match attempt {
+            Ok(Ok(connection)) => {
+                let _ = connection.close(200, "reachable".into()).await;
+                return Ok(());
+            }
+            Ok(Err(err)) => err.to_string(),
+            Err(_) => "no AMQP handshake within 5 s".to_owned(),
+        };
+        if started.elapsed() >= limit {
+            anyhow::bail!("RabbitMQ at 127.0.0.1:5672 unusable for {limit:?}: {err}");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 async fn rabbitmqctl_names(command: &str, prefix: &str) -> anyhow::Result<Vec<String>> {
-    let output = tokio::process::Command::new("rabbitmqctl")
+    let run = tokio::process::Command::new("rabbitmqctl")
         .args(["-q", command, "name"])
         .kill_on_drop(true)
-        .output()
+        .output();
+    let output = tokio::time::timeout(BROKER_TIMEOUT, run)
         .await
+        .with_context(|| format!("rabbitmqctl {command} took over {BROKER_TIMEOUT:?}"))?
         .context("running rabbitmqctl")?;
     if !output.status.success() {
         anyhow::bail!(

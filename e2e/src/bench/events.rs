@@ -48,7 +48,12 @@ struct Sent {
 /// Runs the events scenario on a listener bound before any data is loaded.
 pub async fn run(fixture: &Fixture, options: &Options) -> anyhow::Result<ScenarioReport> {
     let exchange = events_exchange(&fixture.amqp_prefix);
-    let listener = Listener::bind(&fixture.amqp_url, &exchange, STOCK_CHANGED).await?;
+    let listener = tokio::time::timeout(
+        Duration::from_secs(60),
+        Listener::bind(&fixture.amqp_url, &exchange, STOCK_CHANGED),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("binding a queue on {exchange} took over 60 s"))??;
     let result = measure(fixture, options, &listener, &exchange).await;
     listener.close().await;
     result
@@ -207,7 +212,7 @@ async fn measure(
             .map(|l| format!("  failure: {l}")),
     );
     notes.push(format!(
-        "events: {matched} matched by (store_id, sku, on_hand), {lost} lost (none within {GRACE:?}), {duplicates} duplicates, \
+        "events: {matched} matched by (store_id, sku, on_hand), {lost} lost (not received {GRACE:?} after the last change), {duplicates} duplicates, \
          {unexpected} unexpected, {} unreadable; latency measured from the moment the HTTP request was SENT \
          (from its answer instead: p50 {}, p99 {}; {before_answer} events arrived before the HTTP answer)",
         unreadable.len(),

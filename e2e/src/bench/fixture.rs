@@ -39,12 +39,17 @@ pub struct Fixture {
 
 impl Fixture {
     /// Creates the database and starts the service on it.
-    pub async fn start(scenario: Scenario, options: &Options) -> anyhow::Result<Fixture> {
+    pub async fn start(
+        scenario: Scenario,
+        options: &Options,
+        binary: &Path,
+    ) -> anyhow::Result<Fixture> {
         let run = &uuid::Uuid::new_v4().simple().to_string()[..8];
         let db_name = format!("bench_{}_{run}", scenario.name().replace('-', "_"));
         let workdir = std::env::temp_dir().join(format!("loadgen-{db_name}"));
         std::fs::create_dir_all(&workdir)
             .with_context(|| format!("creating {}", workdir.display()))?;
+        broker::wait_reachable(AMQP_URL, Duration::from_secs(120)).await?;
         let database = Database::create(&db_name, options.keep).await?;
         let amqp_prefix = format!("bench{run}.");
         let jwt_secret = format!(
@@ -53,6 +58,7 @@ impl Fixture {
             uuid::Uuid::new_v4().simple()
         );
         let config = ServiceConfig {
+            binary: binary.to_owned(),
             database_url: database.url(),
             amqp_url: AMQP_URL.to_owned(),
             amqp_prefix: amqp_prefix.clone(),
@@ -134,8 +140,15 @@ impl Fixture {
                 workdir.display()
             ));
         } else {
-            if let Err(err) = broker::delete_prefixed(&amqp_url, &amqp_prefix).await {
-                notes.push(format!("broker clean-up of {amqp_prefix}: {err:#}"));
+            let cleanup = tokio::time::timeout(
+                Duration::from_secs(90),
+                broker::delete_prefixed(&amqp_url, &amqp_prefix),
+            )
+            .await;
+            match cleanup {
+                Ok(Ok(_)) => {}
+                Ok(Err(err)) => notes.push(format!("broker clean-up of {amqp_prefix}: {err:#}")),
+                Err(_) => notes.push(format!("broker clean-up of {amqp_prefix} took over 90 s")),
             }
             if let Err(err) = database.drop_now().await {
                 notes.push(format!("dropping the database: {err:#}"));

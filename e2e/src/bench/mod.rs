@@ -35,10 +35,20 @@ use report::{ScenarioReport, say};
 /// Runs every scenario asked for, prints the human lines as each ends and the JSON lines at
 /// the very end. Returns whether every scenario ran to its end.
 pub async fn run(options: &Options) -> bool {
+    // Resolved (and, through cargo, rebuilt) once, so every scenario runs the same binary.
+    let needs_inventory = options
+        .scenarios
+        .iter()
+        .any(|s| !matches!(s, cli::Scenario::Orders | cli::Scenario::Push));
+    let inventory = if needs_inventory {
+        service::binary("inventory").map_err(|err| format!("{err:#}"))
+    } else {
+        Err("no scenario needs inventory".to_owned())
+    };
     let mut reports: Vec<ScenarioReport> = Vec::new();
     for scenario in &options.scenarios {
         eprintln!("== {}", scenario.name());
-        let report = scenarios::run(*scenario, options).await;
+        let report = scenarios::run(*scenario, options, &inventory).await;
         for line in report.human_lines() {
             say(&line);
         }

@@ -14,6 +14,9 @@ pub const PORT: &str = "5432";
 /// The (trusted) role the benchmark connects as.
 pub const USER: &str = "postgres";
 
+/// The longest any one `psql` call may take.
+const PSQL_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// A database created for one scenario, dropped when the guard goes (unless kept).
 #[derive(Debug)]
 pub struct Database {
@@ -107,14 +110,16 @@ fn connection_args(database: &str) -> Vec<String> {
 
 /// Runs `sql` through `psql` in `database`; unaligned, tuples only, trimmed.
 pub async fn psql(database: &str, sql: &str) -> anyhow::Result<String> {
-    let output = Command::new("psql")
+    let run = Command::new("psql")
         .args(connection_args(database))
         .arg("-c")
         .arg(sql)
         .env("PGCONNECT_TIMEOUT", "10")
         .kill_on_drop(true)
-        .output()
+        .output();
+    let output = tokio::time::timeout(PSQL_TIMEOUT, run)
         .await
+        .with_context(|| format!("psql took over {PSQL_TIMEOUT:?}"))?
         .context("running psql (is it on PATH?)")?;
     if !output.status.success() {
         bail!(
@@ -159,8 +164,12 @@ pub async fn pgbench(
         .arg(script)
         .arg(database)
         .kill_on_drop(true)
-        .output()
+        .output();
+    // -T bounds the run; this bounds a pgbench stuck connecting.
+    let limit = duration + Duration::from_secs(120);
+    let output = tokio::time::timeout(limit, output)
         .await
+        .with_context(|| format!("pgbench took over {limit:?}"))?
         .context("running pgbench (is it on PATH?)")?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -12,6 +12,7 @@ use anyhow::{Context, bail};
 use rand::Rng;
 use reqwest::StatusCode;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,8 +24,9 @@ pub const SKUS: usize = 500;
 const READ_ON_HAND: i64 = 1_000;
 /// Stock of every level in the reservation scenarios: nothing runs out.
 const PLENTY: i64 = 1_000_000;
-/// Stock of the hot SKU that is meant to sell out.
-const SELL_OUT_STOCK: i64 = 2_000;
+/// Bounds of the stock of the hot SKU that is meant to sell out; within them, what the
+/// measured rate reserves in half the phase, so it sells out whatever the service's speed.
+const SELL_OUT_STOCK: (i64, i64) = (200, 50_000);
 /// The store of the hot SKUs.
 const HOT_STORE: &str = "S001";
 /// The hot SKU that never runs out during the measured phase.
@@ -43,11 +45,19 @@ pub fn sku(n: usize) -> String {
 }
 
 /// Runs one scenario on its own database and service; a failure becomes a report too.
-pub async fn run(scenario: Scenario, options: &Options) -> ScenarioReport {
+pub async fn run(
+    scenario: Scenario,
+    options: &Options,
+    binary: &Result<PathBuf, String>,
+) -> ScenarioReport {
     if matches!(scenario, Scenario::Orders | Scenario::Push) {
         return not_implemented(scenario);
     }
-    let fixture = match Fixture::start(scenario, options).await {
+    let binary = match binary {
+        Ok(binary) => binary,
+        Err(err) => return failed(scenario, &anyhow::anyhow!("{err}"), Vec::new()),
+    };
+    let fixture = match Fixture::start(scenario, options, binary).await {
         Ok(fixture) => fixture,
         Err(err) => return failed(scenario, &err, Vec::new()),
     };
@@ -62,11 +72,23 @@ pub async fn run(scenario: Scenario, options: &Options) -> ScenarioReport {
     let teardown = fixture.finish().await;
     match outcome {
         Ok(mut report) => {
+            report.notes.push(format!(
+                "machine: 1-minute load average {} at the end (2 cores shared by loadgen, service, PostgreSQL, RabbitMQ)",
+                load_average()
+            ));
             report.notes.extend(teardown);
             report
         }
         Err(err) => failed(scenario, &err, teardown),
     }
+}
+
+/// `/proc/loadavg`'s first figure: whether something else was busy on the machine.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "n/a".to_owned())
 }
 
 fn not_implemented(scenario: Scenario) -> ScenarioReport {
@@ -589,14 +611,11 @@ async fn reserve_hot(fixture: &Fixture, options: &Options) -> anyhow::Result<Sce
         .api
         .bulk_counts(
             &fixture.admin,
-            &[
-                (HOT_STORE.into(), HOT_SKU.into(), PLENTY),
-                (HOT_STORE.into(), SELL_OUT_SKU.into(), SELL_OUT_STOCK),
-            ],
+            &[(HOT_STORE.into(), HOT_SKU.into(), PLENTY)],
         )
         .await?;
     let mut notes = vec![format!(
-        "loaded {HOT_STORE}/{HOT_SKU} with {PLENTY} and {HOT_STORE}/{SELL_OUT_SKU} with {SELL_OUT_STOCK} in {:.1} s",
+        "loaded {HOT_STORE}/{HOT_SKU} with {PLENTY} in {:.1} s",
         started.elapsed().as_secs_f64()
     )];
     postgres::copy_stock_levels(&fixture.database).await?;
@@ -644,11 +663,22 @@ async fn reserve_hot(fixture: &Fixture, options: &Options) -> anyhow::Result<Sce
     .await?;
     notes.push(plenty.note);
 
-    eprintln!("[reserve-hot] selling out {SELL_OUT_SKU}");
+    // Sized from the rate just measured: sold out about half-way through the phase.
+    let sell_out_stock = ((m.phase.done_per_s() * options.duration.as_secs_f64() / 2.0) as i64)
+        .clamp(SELL_OUT_STOCK.0, SELL_OUT_STOCK.1);
+    fixture
+        .api
+        .bulk_counts(
+            &fixture.admin,
+            &[(HOT_STORE.into(), SELL_OUT_SKU.into(), sell_out_stock)],
+        )
+        .await?;
+    eprintln!("[reserve-hot] selling out {SELL_OUT_SKU} ({sell_out_stock} units)");
     let sell_out = closed_loop(
         ClosedLoop {
             clients: options.clients,
-            duration: options.duration,
+            // Twice the phase, should the service slow down as stock runs out.
+            duration: options.duration * 2,
             stop_at_first_refusal: true,
         },
         hot_op(SELL_OUT_SKU),
@@ -658,7 +688,7 @@ async fn reserve_hot(fixture: &Fixture, options: &Options) -> anyhow::Result<Sce
     let check = check_hot_level(
         fixture,
         SELL_OUT_SKU,
-        SELL_OUT_STOCK,
+        sell_out_stock,
         i64::try_from(sell_out.done)?,
         i64::try_from(sell_out.failed)?,
     )
@@ -666,12 +696,12 @@ async fn reserve_hot(fixture: &Fixture, options: &Options) -> anyhow::Result<Sce
     // Once every client has met a 409, all the stock must have gone to 201s (409 only when
     // stock really ran out), unless failed requests leave it open.
     let undersold = if sold_out && sell_out.failed == 0 {
-        u64::try_from(SELL_OUT_STOCK - i64::try_from(sell_out.done)?).unwrap_or(0)
+        u64::try_from(sell_out_stock - i64::try_from(sell_out.done)?).unwrap_or(0)
     } else {
         0
     };
     notes.push(format!(
-        "sell-out: {} clients on {HOT_STORE}/{SELL_OUT_SKU} until each met a 409: {} × 201, {} × 409, {} failed in {:.1} s, p99 {}; {}",
+        "sell-out: {} clients on {HOT_STORE}/{SELL_OUT_SKU} ({sell_out_stock} units) until each met a 409: {} × 201, {} × 409, {} failed in {:.1} s, p99 {}; {}",
         options.clients,
         sell_out.done,
         sell_out.refused,

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 /// How the service is configured (the fixed variables of api.md, "Running a service").
 #[derive(Debug, Clone)]
 pub struct ServiceConfig {
+    /// The `inventory` executable (see [`binary`]).
+    pub binary: PathBuf,
     /// `DATABASE_URL`: the scenario's fresh database.
     pub database_url: String,
     /// `AMQP_URL`.
@@ -43,11 +45,11 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 impl Service {
     /// Starts the `inventory` binary and waits until it is ready.
     pub async fn start(config: &ServiceConfig) -> anyhow::Result<Service> {
-        let binary = binary("inventory")?;
+        let binary = &config.binary;
         let port = free_port()?;
         let log = File::create(&config.log_path)
             .with_context(|| format!("creating {}", config.log_path.display()))?;
-        let child = Command::new(&binary)
+        let child = Command::new(binary)
             .env("DATABASE_URL", &config.database_url)
             .env("AMQP_URL", &config.amqp_url)
             .env("AMQP_PREFIX", &config.amqp_prefix)
@@ -162,10 +164,14 @@ impl Service {
         }
     }
 
-    /// The last `lines` lines of the service's log.
+    /// The last `lines` lines of the service's log, without anyhow's backtrace.
     pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
+        let all: Vec<&str> = text
+            .lines()
+            .take_while(|l| !l.starts_with("Stack backtrace:"))
+            .filter(|l| !l.trim().is_empty())
+            .collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 

@@ -67,7 +67,7 @@ fn codes_of(pairs: &[(String, String)], name: &str) -> Result<Vec<String>, Probl
     for (k, v) in pairs {
         if k == name {
             if !domain::is_code(v) {
-                return Err(Problem::bad_request(format!(
+                return Err(Problem::unprocessable(format!(
                     "{name} {v:?} must match [A-Za-z0-9._-]{{1,64}}"
                 )));
             }
@@ -183,17 +183,20 @@ pub async fn get_nearby(
     let lat: f64 = number(&pairs, "lat", None)?;
     let lon: f64 = number(&pairs, "lon", None)?;
     let radius: f64 = number(&pairs, "radius_km", Some(25.0))?;
-    let quantity: i64 = number(&pairs, "quantity", Some(1))?;
+    // Parsed wide, so that a huge quantity is out of range (422), not malformed (400).
+    let quantity = i64::try_from(number::<i128>(&pairs, "quantity", Some(1))?).unwrap_or(i64::MAX);
     if !(-90.0..=90.0).contains(&lat) || !(-180.0..=180.0).contains(&lon) {
-        return Err(Problem::bad_request(
+        return Err(Problem::unprocessable(
             "lat must be within -90..90 and lon within -180..180",
         ));
     }
     if !(radius > 0.0 && radius <= 1000.0) {
-        return Err(Problem::bad_request("radius_km must be within (0, 1000]"));
+        return Err(Problem::unprocessable("radius_km must be within (0, 1000]"));
     }
     if !(1..=domain::MAX_QUANTITY).contains(&quantity) {
-        return Err(Problem::bad_request("quantity must be a positive integer"));
+        return Err(Problem::unprocessable(
+            "quantity must be a positive integer",
+        ));
     }
     let mut near: Vec<(f64, Store)> = state
         .view

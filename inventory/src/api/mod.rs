@@ -132,11 +132,13 @@ pub fn page_params(
     for (k, v) in pairs {
         match k.as_str() {
             "limit" => {
-                limit = v
-                    .parse::<u64>()
+                let parsed = v
+                    .parse::<i128>()
+                    .map_err(|_| Problem::bad_request("limit must be an integer"))?;
+                limit = u64::try_from(parsed)
                     .ok()
                     .filter(|l| (1..=max).contains(l))
-                    .ok_or_else(|| Problem::bad_request(format!("limit must be 1..={max}")))?;
+                    .ok_or_else(|| Problem::unprocessable(format!("limit must be 1..={max}")))?;
             }
             "cursor" => cursor = Some(v.clone()),
             _ => {}

@@ -150,7 +150,7 @@ pub async fn post_adjustment(
     let shop = level_path(&state, &caller, &store_id, Some(&sku)).await?;
     let adj = body.json::<AdjustmentBody>()?;
     let mut v = Validation::new();
-    if adj.delta == 0 || adj.delta.abs() > domain::MAX_QUANTITY {
+    if adj.delta == 0 || adj.delta.unsigned_abs() > domain::MAX_QUANTITY.unsigned_abs() {
         v.add(
             "delta",
             format!(
@@ -210,7 +210,8 @@ pub struct BulkLine {
 #[serde(deny_unknown_fields)]
 pub struct BulkBody {
     /// Up to 10,000 lines, applied all or nothing.
-    pub items: Vec<BulkLine>,
+    #[schema(value_type = Vec<BulkLine>)]
+    pub items: Vec<serde_json::Value>,
     /// The import's reference.
     pub reference: Option<String>,
 }
@@ -248,8 +249,17 @@ pub async fn post_bulk(
     }
     let mut v = Validation::new();
     check_reference(&mut v, bulk.reference.as_ref());
+    // Each line on its own, so that a line of the wrong shape is named like any other.
+    let mut lines = Vec::with_capacity(bulk.items.len());
+    for (i, raw) in bulk.items.into_iter().enumerate() {
+        match serde_json::from_value::<BulkLine>(raw) {
+            Ok(line) => lines.push(line),
+            Err(err) => v.add(format!("items[{i}]"), err.to_string()),
+        }
+    }
+    v.checkpoint()?;
     let mut forbidden = Vec::new();
-    for (i, line) in bulk.items.iter().enumerate() {
+    for (i, line) in lines.iter().enumerate() {
         domain::check_code(&mut v, &format!("items[{i}].store_id"), &line.store_id);
         domain::check_code(&mut v, &format!("items[{i}].sku"), &line.sku);
         match line.kind.as_str() {
@@ -274,19 +284,18 @@ pub async fn post_bulk(
             forbidden.join(", ")
         )));
     }
-    let mut wanted: Vec<String> = bulk.items.iter().map(|l| l.store_id.clone()).collect();
+    let mut wanted: Vec<String> = lines.iter().map(|l| l.store_id.clone()).collect();
     wanted.sort();
     wanted.dedup();
     let known = store::existing_stores(&state.db, wanted).await?;
-    for (i, line) in bulk.items.iter().enumerate() {
+    for (i, line) in lines.iter().enumerate() {
         if domain::is_code(&line.store_id) && !known.contains(&line.store_id) {
             v.add(format!("items[{i}].store_id"), "unknown store");
         }
     }
     v.finish()?;
     let by = provenance(&req, &caller, bulk.reference.clone());
-    let mut items: Vec<BulkItem> = bulk
-        .items
+    let mut items: Vec<BulkItem> = lines
         .into_iter()
         .map(|l| BulkItem {
             kind: if l.kind == "count" {
