@@ -59,6 +59,9 @@ cmd_test() {
   cd "$ROOT"
   drop_test_databases
   drop_test_queues
+  # A safety net for queues a crashed test leaves behind: unused test queues expire.
+  rabbitmqctl -q set_policy clickcollect-test-expiry '^(t[0-9a-f]{12}|bench[0-9a-z]+)\.' \
+    '{"expires":120000}' --apply-to queues >/dev/null
   local status=0
   # Everything but the broker-restart tests, in parallel…
   cargo nextest run --workspace --profile ci -E 'not test(broker_restart)' || status=$?

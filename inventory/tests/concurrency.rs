@@ -108,6 +108,7 @@ async fn sixty_four_clients_on_many_skus_with_multi_line_carts_never_oversell_or
         assert!(*units <= 40, "K{k} oversold: {units}");
     }
     app.assert_invariants().await;
+    stop(app).await;
 }
 
 #[tokio::test]
@@ -137,6 +138,7 @@ async fn concurrent_carts_naming_one_sku_twice_count_both_lines() {
     assert_eq!(won, 31, "63 units hold 31 carts of two");
     assert_eq!(app.availability("S1", "A").await["reserved"], 62);
     app.assert_invariants().await;
+    stop(app).await;
 }
 
 #[tokio::test]
@@ -179,4 +181,5 @@ async fn reserving_releasing_and_selling_at_once_keeps_every_invariant() {
         // Only a POS sale may leave less on hand than reserved, and then it says so.
         assert!(app.scalar("SELECT count(*) FROM reservation_risks").await > 0);
     }
+    stop(app).await;
 }

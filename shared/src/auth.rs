@@ -21,6 +21,18 @@ pub enum Role {
     Service,
 }
 
+impl Role {
+    /// The role as tokens spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Customer => "customer",
+            Self::Staff => "staff",
+            Self::Admin => "admin",
+            Self::Service => "service",
+        }
+    }
+}
+
 /// The claims of our tokens.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
@@ -148,9 +160,10 @@ impl Caller {
         }
     }
 
-    /// A stable identity for idempotency keys and audit (`role:id`).
+    /// A stable identity for idempotency keys, ownership and audit (`role:id`; the id keeps
+    /// its case, so `Alice` and `alice` stay two callers).
     pub fn identity(&self) -> String {
-        format!("{:?}:{}", self.role, self.id).to_lowercase()
+        format!("{}:{}", self.role.as_str(), self.id)
     }
 }
 
@@ -198,6 +211,18 @@ mod tests {
         assert_eq!(caller.id, "u1");
         assert!(caller.acts_for_store("S1"));
         assert!(!caller.acts_for_store("S2"));
+        assert_eq!(caller.identity(), "staff:u1");
+    }
+
+    #[test]
+    fn identities_keep_the_case_of_the_subject() {
+        let a = mint_for("s3cret", "Alice", Role::Customer, &[], 60).expect("mint");
+        let b = mint_for("s3cret", "alice", Role::Customer, &[], 60).expect("mint");
+        let auth = Authenticator::new("s3cret").expect("key");
+        assert_ne!(
+            auth.verify(&a).expect("a").identity(),
+            auth.verify(&b).expect("b").identity()
+        );
     }
 
     #[test]

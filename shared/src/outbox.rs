@@ -492,8 +492,12 @@ impl OutboxRelay {
             .collect()
     }
 
-    /// Deletes published rows past the retention, a bounded number at a time.
-    async fn delete_expired(&self, retention: Duration) -> Result<u64, DbErr> {
+    /// Deletes published rows older than the retention (at most a few thousand per
+    /// call); returns how many. [`OutboxRelay::run`] calls it every minute.
+    pub async fn delete_expired(&self) -> Result<u64, DbErr> {
+        let Some(retention) = self.retention else {
+            return Ok(0);
+        };
         let seconds = i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);
         let deleted = self
             .db
@@ -556,11 +560,9 @@ impl OutboxRelay {
                 }
             };
 
-            if let Some(retention) = self.retention
-                && last_cleanup.elapsed() >= CLEANUP_EVERY
-            {
+            if last_cleanup.elapsed() >= CLEANUP_EVERY {
                 last_cleanup = tokio::time::Instant::now();
-                match self.delete_expired(retention).await {
+                match self.delete_expired().await {
                     Ok(0) => {}
                     Ok(deleted) => tracing::debug!(deleted, "deleted old outbox rows"),
                     Err(err) => tracing::warn!(%err, "deleting old outbox rows"),
@@ -601,12 +603,18 @@ impl OutboxRelay {
     }
 }
 
+/// Logs a failed row on its 1st, 2nd, 4th, 8th… attempt: a stuck row is retried every
+/// round, and one line per round would drown everything else.
 fn log_failure(row: &Row, err: &PublishError) {
+    let attempt = row.attempts.saturating_add(1);
+    if attempt.count_ones() != 1 {
+        return;
+    }
     if matches!(err, PublishError::Unroutable { .. }) {
         // A topology mistake (no queue bound), not an outage: say so loudly.
-        tracing::error!(seq = row.seq, aggregate = %row.aggregate, %err, "outbox row unroutable");
+        tracing::error!(seq = row.seq, aggregate = %row.aggregate, attempt, %err, "outbox row unroutable");
     } else {
-        tracing::warn!(seq = row.seq, aggregate = %row.aggregate, %err, "outbox row not published");
+        tracing::warn!(seq = row.seq, aggregate = %row.aggregate, attempt, %err, "outbox row not published");
     }
 }
 

@@ -4,9 +4,11 @@ mod messaging_support;
 
 use lapin::{BasicProperties, options::BasicPublishOptions};
 use messaging_support::{Fail, Recorder, count, eventually, test_env};
+use sea_orm::ConnectionTrait;
 use serde_json::json;
 use shared::{
     events::{Envelope, types},
+    inbox,
     messaging::{Consumer, DELIVERY_LIMIT, PublishError, Publisher},
     shutdown::Shutdown,
 };
@@ -120,7 +122,7 @@ async fn in_a_pipelined_batch_exactly_the_unroutable_envelopes_fail() {
     let routable = batch.len() - batch.len().div_ceil(7);
     let queue = env.topology.service_queue(SERVICE);
     assert_eq!(
-        env.take(&queue, routable + 1, Duration::from_secs(3))
+        env.take(&queue, routable + 1, Duration::from_secs(1))
             .await
             .len(),
         routable
@@ -419,5 +421,36 @@ async fn declaring_the_topology_twice_changes_nothing() {
     let queue = env.topology.service_queue(SERVICE);
     assert_eq!(env.take(&queue, 2, WAIT).await.len(), 2);
     assert!(env.broker.is_connected());
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_inbox_records_an_id_once_per_consumer_and_purges_old_ids() {
+    let env = test_env("msg_inbox").await;
+    let id = uuid::Uuid::now_v7();
+    let old = uuid::Uuid::now_v7();
+
+    assert!(inbox::record(&env.db, "orders", id).await.expect("record"));
+    assert!(!inbox::record(&env.db, "orders", id).await.expect("record"));
+    assert!(
+        inbox::record(&env.db, "notifications", id)
+            .await
+            .expect("record"),
+        "each consumer has its own record of an id"
+    );
+    assert!(inbox::record(&env.db, "orders", old).await.expect("record"));
+    env.db
+        .execute_unprepared(&format!(
+            "UPDATE inbox SET handled_at = now() - interval '8 days' WHERE message_id = '{old}'"
+        ))
+        .await
+        .expect("age the row");
+
+    let purged = inbox::purge(&env.db, Duration::from_secs(7 * 24 * 3600))
+        .await
+        .expect("purge");
+
+    assert_eq!(purged, 1);
+    assert_eq!(count(&env.db, "SELECT count(*) AS n FROM inbox").await, 2);
     env.cleanup().await;
 }

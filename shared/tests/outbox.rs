@@ -141,15 +141,19 @@ async fn later_rows_of_an_aggregate_wait_until_its_failed_row_goes_through() {
 }
 
 #[tokio::test]
-async fn per_aggregate_order_is_kept_with_two_relays_running() {
+async fn per_aggregate_order_is_kept_with_three_relays_running() {
     let env = test_env("outbox_order").await;
     env.declare(SERVICE, &[types::STOCK_CHANGED]).await;
     let shutdown = Shutdown::new();
-    // Small batches so the two relays hold interleaved parts of the same aggregates.
-    let relays = [
-        tokio::spawn(relay(&env).with_batch_size(16).run(shutdown.clone())),
-        tokio::spawn(relay(&env).with_batch_size(16).run(shutdown.clone())),
-    ];
+    // Small, uneven batches so the relays hold interleaved parts of the same aggregates
+    // (the case that once published row 13 of an aggregate before row 12).
+    let relays = [16, 7, 5].map(|batch_size| {
+        tokio::spawn(
+            relay(&env)
+                .with_batch_size(batch_size)
+                .run(shutdown.clone()),
+        )
+    });
     let aggregates = 12;
     let per_aggregate = 40;
 
@@ -318,5 +322,36 @@ async fn pending_count_counts_unpublished_rows_only() {
     assert_eq!(relay.pending_count().await.expect("pending"), 2);
     relay.drain_once().await.expect("drain");
     assert_eq!(relay.pending_count().await.expect("pending"), 0);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn published_rows_past_their_retention_are_deleted_and_pending_ones_kept() {
+    let env = test_env("outbox_retention").await;
+    env.declare(SERVICE, &[types::STOCK_CHANGED]).await;
+    let events: Vec<Envelope> = (0..3).map(|n| stock_changed("stock:S1:A", n)).collect();
+    outbox::enqueue_many(&env.db, events.iter().map(|e| ("stock:S1:A", e)))
+        .await
+        .expect("enqueue");
+    let relay = relay(&env).with_retention(Some(Duration::from_secs(3600)));
+    relay.drain_once().await.expect("drain");
+    let late = stock_changed("stock:S1:A", 3);
+    outbox::enqueue(&env.db, "stock:S1:A", &late)
+        .await
+        .expect("enqueue");
+    // Two of the published rows are old enough to go.
+    env.db
+        .execute_unprepared(
+            "UPDATE outbox SET published_at = now() - interval '2 hours'
+             WHERE seq IN (SELECT seq FROM outbox ORDER BY seq LIMIT 2)",
+        )
+        .await
+        .expect("age rows");
+
+    assert_eq!(relay.delete_expired().await.expect("delete"), 2);
+
+    let left = count(&env.db, "SELECT count(*) AS n FROM outbox").await;
+    assert_eq!(left, 2, "the recent published row and the pending one stay");
+    assert_eq!(relay.pending_count().await.expect("pending"), 1);
     env.cleanup().await;
 }

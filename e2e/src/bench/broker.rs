@@ -14,6 +14,36 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 
+/// Prefixes of the fixtures alive in this process, for clean-up after an interruption.
+static LIVE_PREFIXES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Notes that `prefix` has objects on the broker until [`forget_prefix`].
+pub fn remember_prefix(prefix: &str) {
+    if let Ok(mut live) = LIVE_PREFIXES.lock() {
+        live.push(prefix.to_owned());
+    }
+}
+
+/// `prefix` has been cleaned up (or is to be kept).
+pub fn forget_prefix(prefix: &str) {
+    if let Ok(mut live) = LIVE_PREFIXES.lock() {
+        live.retain(|p| p != prefix);
+    }
+}
+
+/// Deletes the objects of every prefix still remembered (after Ctrl-C, say).
+pub async fn delete_remembered(amqp_url: &str) {
+    let live = LIVE_PREFIXES.lock().map(|l| l.clone()).unwrap_or_default();
+    for prefix in live {
+        let cleaned =
+            tokio::time::timeout(Duration::from_secs(60), delete_prefixed(amqp_url, &prefix)).await;
+        if !matches!(cleaned, Ok(Ok(_))) {
+            eprintln!("could not delete the broker objects of {prefix}");
+        }
+        forget_prefix(&prefix);
+    }
+}
+
 /// The events exchange of events.md, behind the run's prefix.
 pub fn events_exchange(prefix: &str) -> String {
     format!("{prefix}clickcollect.events")

@@ -69,6 +69,9 @@ impl Fixture {
             "[{}] database {db_name}, broker prefix {amqp_prefix}, starting inventory",
             scenario.name()
         );
+        if !options.keep {
+            broker::remember_prefix(&amqp_prefix);
+        }
         let service = Service::start(&config).await?;
         let api = Api::new(http_client(options.clients * 2)?, &service.base_url);
         let tokens = Tokens::new(&jwt_secret)?;
@@ -140,16 +143,12 @@ impl Fixture {
                 workdir.display()
             ));
         } else {
-            let cleanup = tokio::time::timeout(
-                Duration::from_secs(90),
-                broker::delete_prefixed(&amqp_url, &amqp_prefix),
-            )
-            .await;
-            match cleanup {
-                Ok(Ok(_)) => {}
-                Ok(Err(err)) => notes.push(format!("broker clean-up of {amqp_prefix}: {err:#}")),
-                Err(_) => notes.push(format!("broker clean-up of {amqp_prefix} took over 90 s")),
+            if let Err(err) = clean_broker(&amqp_url, &amqp_prefix).await {
+                notes.push(format!(
+                    "broker clean-up of {amqp_prefix} failed, its queues and exchanges are left: {err:#}"
+                ));
             }
+            broker::forget_prefix(&amqp_prefix);
             if let Err(err) = database.drop_now().await {
                 notes.push(format!("dropping the database: {err:#}"));
             }
@@ -159,6 +158,22 @@ impl Fixture {
         }
         notes
     }
+}
+
+/// Deletes the prefix's broker objects; when the broker is away (mid-restart, say), waits
+/// for it and tries once more.
+async fn clean_broker(amqp_url: &str, prefix: &str) -> anyhow::Result<()> {
+    let limit = Duration::from_secs(90);
+    let first = tokio::time::timeout(limit, broker::delete_prefixed(amqp_url, prefix)).await;
+    if let Ok(Ok(_)) = first {
+        return Ok(());
+    }
+    eprintln!("broker clean-up of {prefix} failed; waiting for the broker to try again");
+    broker::wait_reachable(amqp_url, Duration::from_secs(120)).await?;
+    tokio::time::timeout(limit, broker::delete_prefixed(amqp_url, prefix))
+        .await
+        .map_err(|_| anyhow::anyhow!("took over {limit:?}"))?
+        .map(|_| ())
 }
 
 fn remove_dir(dir: &Path) {

@@ -8,6 +8,7 @@ use crate::bench::events;
 use crate::bench::fixture::Fixture;
 use crate::bench::postgres::{self, BASELINE_TABLE, PgbenchRun};
 use crate::bench::report::{Figure, ScenarioReport};
+use crate::bench::service::own_cpu_seconds;
 use anyhow::{Context, bail};
 use rand::Rng;
 use reqwest::StatusCode;
@@ -163,6 +164,8 @@ struct Measured {
     warmup: Tally,
     /// The measured phase.
     phase: Tally,
+    /// Cores the service and the load generator kept busy during the measured phase.
+    cores: Option<(f64, f64)>,
 }
 
 impl Measured {
@@ -178,7 +181,7 @@ fn warmup_of(duration: Duration) -> Duration {
     (duration / 5).min(Duration::from_secs(2))
 }
 
-async fn measure<Op, Fut>(options: &Options, op: Op) -> anyhow::Result<Measured>
+async fn measure<Op, Fut>(fixture: &Fixture, options: &Options, op: Op) -> anyhow::Result<Measured>
 where
     Op: Fn(usize) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Outcome> + Send + 'static,
@@ -189,6 +192,8 @@ where
         stop_at_first_refusal: false,
     };
     let warmup = closed_loop(plan, op.clone()).await?;
+    let cpu = || Some((fixture.service.cpu_seconds()?, own_cpu_seconds()?));
+    let before = cpu();
     let phase = closed_loop(
         ClosedLoop {
             duration: options.duration,
@@ -197,7 +202,15 @@ where
         op,
     )
     .await?;
-    Ok(Measured { warmup, phase })
+    let secs = phase.elapsed.as_secs_f64();
+    let cores = before
+        .zip(cpu())
+        .map(|((s0, l0), (s1, l1))| ((s1 - s0) / secs, (l1 - l0) / secs));
+    Ok(Measured {
+        warmup,
+        phase,
+        cores,
+    })
 }
 
 fn baseline_note(what: &str, options: &Options, run: &PgbenchRun) -> String {
@@ -225,6 +238,11 @@ fn ours_note(options: &Options, m: &Measured, what: &str) -> Vec<String> {
         m.phase.refused,
         m.phase.failed
     )];
+    if let Some((service, loadgen)) = m.cores {
+        notes.push(format!(
+            "  CPU during the phase: service {service:.2} cores, loadgen {loadgen:.2} cores (of 2)"
+        ));
+    }
     let mut failures = m.warmup.clone();
     if failures.merge(&m.phase).is_ok() {
         notes.extend(
@@ -317,7 +335,7 @@ async fn availability(fixture: &Fixture, options: &Options) -> anyhow::Result<Sc
         };
         get_availability(api.http.clone(), url, None)
     };
-    let m = measure(options, op).await?;
+    let m = measure(fixture, options, op).await?;
     notes.extend(ours_note(
         options,
         &m,
@@ -364,7 +382,7 @@ async fn availability_batch(
         };
         get_availability(api.http.clone(), url, Some(want))
     };
-    let m = measure(options, op).await?;
+    let m = measure(fixture, options, op).await?;
     notes.extend(ours_note(
         options,
         &m,
@@ -454,7 +472,7 @@ async fn reserve(fixture: &Fixture, options: &Options) -> anyhow::Result<Scenari
         let (api, tokens) = (api.clone(), Arc::clone(&tokens));
         async move { api.reserve(&tokens[client], &store, &sku, 1).await }
     };
-    let m = measure(options, op).await?;
+    let m = measure(fixture, options, op).await?;
     notes.extend(ours_note(
         options,
         &m,
@@ -647,7 +665,7 @@ async fn reserve_hot(fixture: &Fixture, options: &Options) -> anyhow::Result<Sce
             async move { api.reserve(&tokens[client], HOT_STORE, sku, 1).await }
         }
     };
-    let m = measure(options, hot_op(HOT_SKU)).await?;
+    let m = measure(fixture, options, hot_op(HOT_SKU)).await?;
     notes.extend(ours_note(
         options,
         &m,

@@ -106,13 +106,12 @@ impl Service {
 
     /// CPU time the process has used so far, in clock ticks (`/proc/<pid>/stat`).
     fn cpu_ticks(&self) -> Option<u64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).ok()?;
-        // Fields after the parenthesised command name; utime and stime are 14 and 15.
-        let rest = stat.rsplit_once(')')?.1;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let utime: u64 = fields.get(11)?.parse().ok()?;
-        let stime: u64 = fields.get(12)?.parse().ok()?;
-        Some(utime + stime)
+        cpu_ticks(&self.pid.to_string())
+    }
+
+    /// CPU seconds the service has used so far.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        self.cpu_ticks().map(|t| t as f64 / 100.0)
     }
 
     /// Waits until the service is idle (under 3 % of a core over one second), for instance
@@ -205,6 +204,22 @@ impl Drop for Service {
     }
 }
 
+/// CPU time process `pid` (or `self`) has used, in clock ticks (100 a second on Linux).
+fn cpu_ticks(pid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// CPU seconds this benchmark process has used so far.
+pub fn own_cpu_seconds() -> Option<f64> {
+    cpu_ticks("self").map(|t| t as f64 / 100.0)
+}
+
 /// Sends SIGTERM (through `kill`, as the crate forbids `unsafe`).
 fn terminate(pid: u32) {
     let _ = Command::new("kill")
@@ -290,8 +305,9 @@ pub fn summarize_log(text: &str, distinct: usize) -> (usize, Vec<String>) {
                     .as_str()
                     .or_else(|| json["message"].as_str())
                     .unwrap_or(line);
-                let detail = json["fields"]["error"]
-                    .as_str()
+                let detail = ["error", "err"]
+                    .iter()
+                    .find_map(|k| json["fields"][*k].as_str().or_else(|| json[*k].as_str()))
                     .map(|e| format!(": {e}"))
                     .unwrap_or_default();
                 format!("{level} {text}{detail}")
@@ -314,15 +330,17 @@ mod tests {
     fn warnings_errors_and_raw_lines_are_counted_and_info_is_not() {
         let log = r#"{"level":"INFO","fields":{"message":"listening"}}
 {"level":"WARN","fields":{"message":"broker unreachable","error":"connection refused"}}
+{"level":"WARN","message":"outbox row not published","err":"AMQP error"}
 {"level":"WARN","fields":{"message":"broker unreachable","error":"connection refused"}}
 thread 'main' panicked at src/main.rs:1:1
 "#;
         let (count, messages) = summarize_log(log, 5);
-        assert_eq!(count, 3);
+        assert_eq!(count, 4);
         assert_eq!(
             messages,
             vec![
                 "WARN broker unreachable: connection refused".to_owned(),
+                "WARN outbox row not published: AMQP error".to_owned(),
                 "thread 'main' panicked at src/main.rs:1:1".to_owned()
             ]
         );

@@ -18,7 +18,9 @@ async fn main() -> ExitCode {
     tokio::select! {
         all_ran = bench::run(&options) => if all_ran { ExitCode::SUCCESS } else { ExitCode::FAILURE },
         signal = interrupted() => {
-            eprintln!("interrupted ({signal}); services stopped, databases dropped");
+            // The run has been dropped by now: services stopped, databases dropped.
+            eprintln!("interrupted ({signal}); cleaning up the broker");
+            bench::broker::delete_remembered(bench::fixture::AMQP_URL).await;
             ExitCode::from(130)
         }
     }

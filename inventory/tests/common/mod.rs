@@ -231,11 +231,14 @@ impl TestApp {
         assert_eq!(broken, 0, "levels break the invariants");
     }
 
+    /// Stops the instance cleanly, then deletes the broker queues of the test's prefix
+    /// (every service's, as `declare_all` made them): quorum queues are not free.
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         if let Some(task) = self.task.take() {
             task.await.unwrap().unwrap();
         }
+        delete_queues(&self.prefix).await;
     }
 }
 
@@ -332,4 +335,33 @@ pub async fn next_event(channel: &lapin::Channel) -> Value {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     panic!("no event arrived on {queue}");
+}
+
+/// Deletes the service and parking queues named with `prefix`.
+pub async fn delete_queues(prefix: &str) {
+    let Ok(conn) = lapin::Connection::connect(
+        &shared::testing::amqp_url(),
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    else {
+        return;
+    };
+    if let Ok(channel) = conn.create_channel().await {
+        let topology = shared::messaging::Topology::new(prefix);
+        for (service, _) in shared::messaging::BINDINGS {
+            for queue in [
+                topology.service_queue(service),
+                topology.parking_queue(service),
+            ] {
+                let _ = channel
+                    .queue_delete(
+                        queue.as_str().into(),
+                        lapin::options::QueueDeleteOptions::default(),
+                    )
+                    .await;
+            }
+        }
+    }
+    let _ = conn.close(0, "done".into()).await;
 }

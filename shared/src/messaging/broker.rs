@@ -222,7 +222,12 @@ async fn supervise(inner: Weak<Inner>, kick: Arc<Notify>) {
                 tokio::select! {
                     _ = tokio::time::sleep(HEALTH_CHECK_EVERY) => {}
                     _ = kick.notified() => {}
-                    _ = events.next() => {}
+                    event = events.next() => {
+                        // A finished event stream must not turn this into a busy loop.
+                        if event.is_none() {
+                            tokio::time::sleep(HEALTH_CHECK_EVERY).await;
+                        }
+                    }
                 }
             }
             _ => {

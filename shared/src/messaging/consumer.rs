@@ -246,7 +246,11 @@ impl<H: EventHandler> Consumer<H> {
         });
         tokio::pin!(processing);
         tokio::select! {
-            () = &mut processing => Ok(SessionEnd::Lost),
+            () = &mut processing => {
+                // The broker may have cancelled us (queue deleted) on a live channel.
+                close_quietly(&channel).await;
+                Ok(SessionEnd::Lost)
+            }
             () = shutdown.cancelled() => {
                 // Cancel instead of closing: the broker stops sending, and the deliveries
                 // already buffered here are handled rather than returned (a return counts

@@ -36,6 +36,9 @@ pub enum PublishError {
     /// The broker did not confirm in time; the channel was dropped.
     #[error("no confirm from the broker within {0:?}")]
     Timeout(Duration),
+    /// The channel was not in confirm mode, so the broker promised nothing.
+    #[error("the broker was not asked to confirm")]
+    NotConfirmed,
     /// Not sent because an earlier message of the same batch broke the channel.
     #[error("not sent: the channel failed earlier in the batch")]
     NotSent,
@@ -122,12 +125,17 @@ impl Publisher {
             Err(err) => return vec![Err(err.into()); envelopes.len()],
         };
 
+        let timeout = self.inner.confirm_timeout;
+        // One deadline for sending and confirming: a blocked connection (broker memory or
+        // disk alarm) stalls the sends themselves.
+        let deadline = tokio::time::Instant::now() + timeout;
         let mut results: Vec<Result<(), PublishError>> =
             vec![Err(PublishError::NotSent); envelopes.len()];
         let mut in_flight = Vec::with_capacity(envelopes.len());
         let mut channel_failed = false;
+        let mut timed_out = false;
         for (index, envelope) in envelopes.iter().enumerate() {
-            if channel_failed {
+            if channel_failed || timed_out {
                 break;
             }
             let (routing_key, properties, body) = match encode(envelope) {
@@ -143,31 +151,41 @@ impl Publisher {
                 // RabbitMQ does not implement `immediate` (it closes the connection).
                 immediate: false,
             };
-            match channel
-                .basic_publish(exchange.clone(), routing_key, options, &body, properties)
-                .await
-            {
-                Ok(confirm) => in_flight.push((index, confirm)),
-                Err(err) => {
+            let sent = tokio::time::timeout_at(
+                deadline,
+                channel.basic_publish(exchange.clone(), routing_key, options, &body, properties),
+            )
+            .await;
+            match sent {
+                Ok(Ok(confirm)) => in_flight.push((index, confirm)),
+                Ok(Err(err)) => {
                     results[index] = Err(err.into());
                     channel_failed = true;
+                }
+                Err(_) => {
+                    results[index] = Err(PublishError::Timeout(timeout));
+                    timed_out = true;
                 }
             }
         }
 
         let indices: Vec<usize> = in_flight.iter().map(|(index, _)| *index).collect();
-        let confirms = tokio::time::timeout(
-            self.inner.confirm_timeout,
+        let confirms = tokio::time::timeout_at(
+            deadline,
             futures::future::join_all(in_flight.into_iter().map(|(_, confirm)| confirm)),
         )
         .await;
-        let Ok(confirms) = confirms else {
+        let confirms = match confirms {
+            Ok(confirms) if !timed_out => Some(confirms),
+            _ => None,
+        };
+        let Some(confirms) = confirms else {
             tracing::warn!(
-                timeout = ?self.inner.confirm_timeout,
+                ?timeout,
                 "no confirms from the broker; dropping the channel"
             );
             for index in indices {
-                results[index] = Err(PublishError::Timeout(self.inner.confirm_timeout));
+                results[index] = Err(PublishError::Timeout(timeout));
             }
             // Late confirms of this batch must not be mistaken for a later batch's.
             super::broker::close_quietly(&channel).await;
@@ -202,7 +220,7 @@ impl Publisher {
                         (true, false) => Err(PublishError::Nacked),
                         // Cannot happen (confirm_select ran on this channel); never
                         // count an unconfirmed message as published.
-                        (false, _) => Err(PublishError::Encode("confirms not enabled".into())),
+                        (false, _) => Err(PublishError::NotConfirmed),
                     });
                 }
                 Err(err) => {
