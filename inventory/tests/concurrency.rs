@@ -61,6 +61,7 @@ async fn sixty_four_clients_on_one_hot_sku_get_exactly_the_stock_there_is() {
         (Some(100), Some(0))
     );
     app.assert_invariants().await;
+    stop(app).await;
 }
 
 #[tokio::test]
@@ -182,4 +183,11 @@ async fn reserving_releasing_and_selling_at_once_keeps_every_invariant() {
         assert!(app.scalar("SELECT count(*) FROM reservation_risks").await > 0);
     }
     stop(app).await;
+}
+
+async fn stop(app: Arc<TestApp>) {
+    Arc::into_inner(app)
+        .expect("every client is done")
+        .stop()
+        .await;
 }
