@@ -53,13 +53,19 @@ async fn a_stock_change_reaches_a_queue_bound_to_stock_changed_with_the_envelope
 }
 
 #[tokio::test]
-async fn a_reservation_publishes_its_confirmation_and_its_release() {
+async fn a_reservation_for_an_order_publishes_its_confirmation_and_its_release() {
     let app = spawn_app().await;
     app.store("S1", 48.85, 2.35).await;
     app.stock("S1", "A", 10).await;
     let queue = shared_queue(&app, "inventory.reservation.*").await;
+    let order_id = uuid::Uuid::now_v7();
     let res: serde_json::Value = app
-        .reserve(&customer("c1"), "S1", json!([{"sku": "A", "quantity": 2}]))
+        .post(
+            "/v1/reservations",
+            &token("orders", shared::auth::Role::Service, &[]),
+            json!({"store_id": "S1", "lines": [{"sku": "A", "quantity": 2}], "channel": "order",
+                   "reference": order_id.to_string(), "ttl_seconds": 600, "order_id": order_id}),
+        )
         .await
         .json()
         .await
@@ -67,13 +73,14 @@ async fn a_reservation_publishes_its_confirmation_and_its_release() {
     let id = res["id"].as_str().unwrap();
     app.post(
         &format!("/v1/reservations/{id}/release"),
-        &customer("c1"),
+        &token("orders", shared::auth::Role::Service, &[]),
         json!({}),
     )
     .await;
     let confirmed = next_event(&queue).await;
     assert_eq!(confirmed["type"], "inventory.reservation.confirmed");
     assert_eq!(confirmed["data"]["reservation_id"], id);
+    assert_eq!(confirmed["data"]["order_id"], order_id.to_string());
     assert_eq!(
         confirmed["data"]["lines"],
         json!([{"sku": "A", "quantity": 2}])

@@ -35,8 +35,6 @@ pub const NOTIFY_CHANNEL: &str = "clickcollect_outbox";
 const DEFAULT_BATCH_SIZE: u32 = 256;
 /// How often an idle relay looks for rows nobody woke it for.
 const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(500);
-/// Published rows are kept this long (for forensics), then deleted.
-const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// How often the relay deletes expired published rows, and at most how many at once.
 const CLEANUP_EVERY: Duration = Duration::from_secs(60);
 const CLEANUP_LIMIT: u32 = 5000;
@@ -73,7 +71,9 @@ impl MigrationTrait for Migration {
             .execute_unprepared(
                 "CREATE TABLE outbox (
                     seq bigserial PRIMARY KEY,
-                    id uuid NOT NULL UNIQUE,
+                    -- The message id (UUID v7, unique by construction; an index here would
+                    -- only cost WAL on every write).
+                    id uuid NOT NULL,
                     aggregate text NOT NULL,
                     routing_key text NOT NULL,
                     payload jsonb NOT NULL,
@@ -83,8 +83,8 @@ impl MigrationTrait for Migration {
                     attempts integer NOT NULL DEFAULT 0,
                     last_error text
                 );
-                -- The relay's claim: unpublished rows in seq order.
-                CREATE INDEX outbox_unpublished ON outbox (seq) WHERE published_at IS NULL;
+                -- The relay claims unpublished rows in seq order through the primary key:
+                -- with the default (no retention) published rows are deleted at once.
                 -- The per-aggregate order check: earlier unpublished rows of an aggregate.
                 CREATE INDEX outbox_unpublished_by_aggregate ON outbox (aggregate, seq)
                     WHERE published_at IS NULL;
@@ -299,7 +299,7 @@ impl OutboxRelay {
             database_url: database_url.to_owned(),
             batch_size: DEFAULT_BATCH_SIZE,
             poll_interval: DEFAULT_POLL_INTERVAL,
-            retention: Some(DEFAULT_RETENTION),
+            retention: None,
         }
     }
 
@@ -315,7 +315,8 @@ impl OutboxRelay {
         self
     }
 
-    /// Deletes published rows older than `retention` (`None`: keep them).
+    /// Keeps published rows for `retention` (for forensics), then deletes them; `None`
+    /// (the default) deletes each row as soon as it is published.
     pub fn with_retention(mut self, retention: Option<Duration>) -> Self {
         self.retention = retention;
         self
@@ -422,11 +423,19 @@ impl OutboxRelay {
         report.failed = failures.len();
 
         if !published.is_empty() {
-            // Only rows the broker acked without a return get here.
+            // Only rows the broker acked without a return get here. Without a retention
+            // they are deleted: a small WAL record each, where marking them would write
+            // every row (and its index entries) a second time.
+            let sql = if self.retention.is_some() {
+                "UPDATE outbox SET published_at = now()
+                 WHERE seq IN (SELECT jsonb_array_elements_text($1::jsonb)::bigint)"
+            } else {
+                "DELETE FROM outbox
+                 WHERE seq IN (SELECT jsonb_array_elements_text($1::jsonb)::bigint)"
+            };
             txn.execute_raw(Statement::from_sql_and_values(
                 DbBackend::Postgres,
-                "UPDATE outbox SET published_at = now()
-                 WHERE seq IN (SELECT jsonb_array_elements_text($1::jsonb)::bigint)",
+                sql,
                 [Value::from(json!(published))],
             ))
             .await?;

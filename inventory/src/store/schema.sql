@@ -41,7 +41,7 @@ CREATE TABLE stock_levels (
 
 -- The append-only ledger: sum(on_hand_delta) = on_hand and sum(reserved_delta) = reserved.
 CREATE TABLE movements (
-    id bigserial PRIMARY KEY,
+    id bigserial NOT NULL,
     store_id text NOT NULL,
     sku text NOT NULL,
     kind text NOT NULL CHECK (kind IN ('receipt', 'adjustment', 'count', 'sale', 'return',
@@ -52,13 +52,16 @@ CREATE TABLE movements (
     revision bigint NOT NULL,
     reference text,
     actor text NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now()
+    created_at timestamptz NOT NULL DEFAULT now(),
+    -- One index, serving the ledger pages of a level (every index costs WAL on each change).
+    PRIMARY KEY (store_id, sku, id)
 );
-CREATE INDEX movements_by_level ON movements (store_id, sku, id DESC);
 
 CREATE TABLE reservations (
     id uuid PRIMARY KEY,
-    store_id text NOT NULL REFERENCES stores (store_id),
+    -- No foreign key: the store is checked before reserving, and a key check would lock
+    -- the store row (WAL and multixacts) on every reservation.
+    store_id text NOT NULL,
     channel text NOT NULL,
     reference text NOT NULL,
     owner text NOT NULL,
@@ -72,7 +75,8 @@ CREATE INDEX reservations_due ON reservations (expires_at) WHERE status = 'activ
 
 -- One line per SKU: lines of a cart naming one SKU twice are added up before reserving.
 CREATE TABLE reservation_lines (
-    reservation_id uuid NOT NULL REFERENCES reservations (id),
+    -- Written with its reservation, by the same function; no key-check lock needed.
+    reservation_id uuid NOT NULL,
     store_id text NOT NULL,
     sku text NOT NULL,
     quantity bigint NOT NULL CHECK (quantity > 0),
@@ -316,10 +320,15 @@ BEGIN
                               p_reference, p_owner, p_correlation, p_causation);
     END LOOP;
     body := reservation_json(r);
-    PERFORM enqueue_event('inventory.reservation.confirmed', 'reservation:' || p_id,
-        jsonb_build_object('reservation_id', p_id, 'order_id', p_order_id, 'store_id', p_store,
-                           'lines', body -> 'lines', 'expires_at', body -> 'expires_at'),
-        p_correlation, p_causation);
+    -- The life-cycle events of a reservation are for the order saga: a checkout hold
+    -- that serves no order yet has no reader for them (its stock.changed events tell the
+    -- rest), and each event is an outbox row on the hot path.
+    IF p_order_id IS NOT NULL THEN
+        PERFORM enqueue_event('inventory.reservation.confirmed', 'reservation:' || p_id,
+            jsonb_build_object('reservation_id', p_id, 'order_id', p_order_id, 'store_id', p_store,
+                               'lines', body -> 'lines', 'expires_at', body -> 'expires_at'),
+            p_correlation, p_causation);
+    END IF;
     IF p_idem_key IS NOT NULL THEN
         PERFORM idem_finish(p_idem_caller, p_idem_key, p_idem_hash, 201, body);
     END IF;
@@ -380,10 +389,12 @@ BEGIN
         END IF;
     END LOOP;
     body := reservation_json(r);
-    PERFORM enqueue_event('inventory.reservation.' || p_status, 'reservation:' || p_id,
-        jsonb_build_object('reservation_id', p_id, 'order_id', r.order_id,
-                           'store_id', r.store_id, 'lines', body -> 'lines'),
-        p_correlation, p_causation);
+    IF r.order_id IS NOT NULL THEN
+        PERFORM enqueue_event('inventory.reservation.' || p_status, 'reservation:' || p_id,
+            jsonb_build_object('reservation_id', p_id, 'order_id', r.order_id,
+                               'store_id', r.store_id, 'lines', body -> 'lines'),
+            p_correlation, p_causation);
+    END IF;
     RETURN jsonb_build_object('reservation', body, 'levels', to_jsonb(lvls));
 END $$ LANGUAGE plpgsql;
 
