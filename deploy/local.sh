@@ -47,8 +47,9 @@ drop_test_databases() {
 
 drop_test_queues() {
   # Tests and benchmarks name their queues with a prefix of their own (t<hex>. / bench<hex>.).
-  rabbitmqctl -q list_queues name 2>/dev/null | grep -E '^(t[0-9a-f]{12}|bench[0-9a-z]+)\.' |
-    while read -r q; do rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true; done
+  local queues
+  queues="$(rabbitmqctl -q list_queues name 2>/dev/null | grep -E '^(t[0-9a-f]{12}|bench[0-9a-z]+)\.' || true)"
+  for q in $queues; do rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true; done
 }
 
 cmd_test() {

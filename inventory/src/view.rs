@@ -14,20 +14,24 @@ use sea_orm::{DatabaseConnection, DbErr};
 use shared::events::{StockChanged, StoreUpserted, types};
 use shared::messaging::{Broker, Subscription};
 use shared::shutdown::Shutdown;
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::broadcast;
 
 /// Cached pairs before the view starts again from empty (bounds memory).
 const MAX_CACHED_LEVELS: usize = 2_000_000;
 
-type Key = (String, String);
+/// Levels by store, then SKU: lookups borrow the caller's strings (no allocation).
+type Levels = DashMap<String, HashMap<String, Arc<Level>>>;
 
 /// The shared, in-memory view of levels and stores.
 pub struct AvailabilityView {
     db: DatabaseConnection,
-    levels: DashMap<Key, Level>,
+    levels: Levels,
+    /// How many levels are held (bounds memory).
+    held: AtomicUsize,
     stores: DashMap<String, Store>,
     /// True while the listener is connected: only then is the cache trusted.
     live: AtomicBool,
@@ -43,6 +47,7 @@ impl AvailabilityView {
         Arc::new(Self {
             db,
             levels: DashMap::new(),
+            held: AtomicUsize::new(0),
             stores: DashMap::new(),
             live: AtomicBool::new(false),
             epoch: AtomicU64::new(0),
@@ -62,18 +67,21 @@ impl AvailabilityView {
 
     /// Keeps a level if it is newer than what the view holds.
     pub fn apply(&self, level: Level) {
-        if self.levels.len() >= MAX_CACHED_LEVELS {
+        if self.held.load(Ordering::Relaxed) >= MAX_CACHED_LEVELS {
             self.drop_levels();
         }
-        let key = (level.store_id.clone(), level.sku.clone());
-        self.levels
-            .entry(key)
-            .and_modify(|held| {
-                if level.revision > held.revision {
-                    *held = level.clone();
-                }
-            })
-            .or_insert(level);
+        let mut shop = match self.levels.get_mut(level.store_id.as_str()) {
+            Some(shop) => shop,
+            None => self.levels.entry(level.store_id.clone()).or_default(),
+        };
+        if let Some(held) = shop.get(level.sku.as_str())
+            && held.revision >= level.revision
+        {
+            return;
+        }
+        if shop.insert(level.sku.clone(), Arc::new(level)).is_none() {
+            self.held.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Keeps the levels a committed write returned, and passes its response on.
@@ -87,6 +95,7 @@ impl AvailabilityView {
     fn drop_levels(&self) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
         self.levels.clear();
+        self.held.store(0, Ordering::Relaxed);
     }
 
     /// A store, from memory or the database.
@@ -125,47 +134,64 @@ impl AvailabilityView {
         self.stores.insert(s.store_id.clone(), s);
     }
 
-    /// The levels of `pairs`, in order; a pair never stocked comes back as [`Level::absent`].
-    pub async fn levels(&self, pairs: &[Key]) -> Result<Vec<Level>, DbErr> {
+    /// The low-stock threshold of a store (0 for an unknown one), without copying it.
+    pub async fn threshold_of(&self, store_id: &str) -> Result<i64, DbErr> {
+        if self.is_live()
+            && let Some(s) = self.stores.get(store_id)
+        {
+            return Ok(s.low_stock_threshold);
+        }
+        Ok(self
+            .store(store_id)
+            .await?
+            .map_or(0, |s| s.low_stock_threshold))
+    }
+
+    /// The levels of `pairs` (store, SKU), in order; a pair never stocked comes back as
+    /// [`Level::absent`].
+    pub async fn levels(&self, pairs: &[(&str, &str)]) -> Result<Vec<Arc<Level>>, DbErr> {
         let live = self.is_live();
-        let mut out: Vec<Option<Level>> = Vec::with_capacity(pairs.len());
-        let mut missing: Vec<Key> = Vec::new();
-        for pair in pairs {
+        let mut out: Vec<Option<Arc<Level>>> = Vec::with_capacity(pairs.len());
+        let mut missing: Vec<(String, String)> = Vec::new();
+        for (store_id, sku) in pairs {
             let held = if live {
-                self.levels.get(pair).map(|l| l.clone())
+                self.levels
+                    .get(*store_id)
+                    .and_then(|shop| shop.get(*sku).cloned())
             } else {
                 None
             };
             if held.is_none() {
-                missing.push(pair.clone());
+                missing.push(((*store_id).to_owned(), (*sku).to_owned()));
             }
             out.push(held);
         }
         if !missing.is_empty() {
             let epoch = self.epoch.load(Ordering::Acquire);
             let loaded = store::levels(&self.db, &missing).await?;
-            let mut by_key: std::collections::HashMap<Key, Level> = loaded
+            let mut by_key: HashMap<(String, String), Level> = loaded
                 .into_iter()
                 .map(|l| ((l.store_id.clone(), l.sku.clone()), l))
                 .collect();
             let keep = live && self.epoch.load(Ordering::Acquire) == epoch;
-            for (slot, pair) in out.iter_mut().zip(pairs) {
+            for (slot, (store_id, sku)) in out.iter_mut().zip(pairs) {
                 if slot.is_none() {
+                    let key = ((*store_id).to_owned(), (*sku).to_owned());
                     let level = by_key
-                        .remove(pair)
-                        .unwrap_or_else(|| Level::absent(&pair.0, &pair.1));
+                        .remove(&key)
+                        .unwrap_or_else(|| Level::absent(store_id, sku));
                     if keep {
                         // Revision 0 for an absent pair: any real change overrides it.
                         self.apply(level.clone());
                     }
-                    *slot = Some(level);
+                    *slot = Some(Arc::new(level));
                 }
             }
         }
         Ok(out
             .into_iter()
             .zip(pairs)
-            .map(|(l, p)| l.unwrap_or_else(|| Level::absent(&p.0, &p.1)))
+            .map(|(l, (store_id, sku))| l.unwrap_or_else(|| Arc::new(Level::absent(store_id, sku))))
             .collect())
     }
 

@@ -7,7 +7,7 @@ use actix_web::{HttpRequest, HttpResponse, get, web};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use shared::problem::Problem;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::Duration;
 
 /// One (store, SKU) as the channels see it.
@@ -31,6 +31,39 @@ pub struct AvailabilityItem {
     pub revision: i64,
     /// Last change; absent for a pair never stocked.
     pub updated_at: Option<DateTime<Utc>>,
+}
+
+/// [`AvailabilityItem`] borrowing its level: what the read paths serialize, without
+/// copying a string per item (a batch answers up to 10,000 of them).
+#[derive(Debug, Serialize)]
+pub struct ItemRef<'a> {
+    store_id: &'a str,
+    sku: &'a str,
+    on_hand: i64,
+    reserved: i64,
+    safety_stock: i64,
+    available: i64,
+    status: &'static str,
+    revision: i64,
+    updated_at: Option<DateTime<Utc>>,
+}
+
+impl<'a> ItemRef<'a> {
+    /// The item of `level` under its store's threshold (0 for an unknown store).
+    pub fn new(level: &'a Level, threshold: i64) -> Self {
+        let available = domain::available(level.on_hand, level.reserved, level.safety_stock);
+        Self {
+            store_id: &level.store_id,
+            sku: &level.sku,
+            on_hand: level.on_hand,
+            reserved: level.reserved,
+            safety_stock: level.safety_stock,
+            available,
+            status: domain::status(available, threshold),
+            revision: level.revision,
+            updated_at: level.updated_at,
+        }
+    }
 }
 
 /// The item of a level under its store's threshold (0 for an unknown store).
@@ -106,25 +139,27 @@ pub async fn get_availability(
             domain::MAX_BATCH_SIDE
         )));
     }
-    let mut thresholds = HashMap::with_capacity(stores.len());
+    let mut thresholds = Vec::with_capacity(stores.len());
     for s in &stores {
-        let t = state
-            .view
-            .store(s)
-            .await?
-            .map_or(0, |s| s.low_stock_threshold);
-        thresholds.insert(s.clone(), t);
+        thresholds.push(state.view.threshold_of(s).await?);
     }
-    let keys: Vec<(String, String)> = stores
+    let keys: Vec<(&str, &str)> = stores
         .iter()
-        .flat_map(|s| skus.iter().map(move |k| (s.clone(), k.clone())))
+        .flat_map(|s| skus.iter().map(move |k| (s.as_str(), k.as_str())))
         .collect();
     let levels = state.view.levels(&keys).await?;
-    let items = levels
+    // Stores outer, SKUs inner: the i-th level belongs to store i / skus.len().
+    let items: Vec<ItemRef<'_>> = levels
         .iter()
-        .map(|l| item_with_threshold(l, thresholds.get(&l.store_id).copied().unwrap_or(0)))
+        .enumerate()
+        .map(|(i, l)| ItemRef::new(l, thresholds[i / skus.len()]))
         .collect();
-    Ok(HttpResponse::Ok().json(AvailabilityList { items }))
+    /// The wire shape of [`AvailabilityList`], borrowing.
+    #[derive(Serialize)]
+    struct Items<'a> {
+        items: Vec<ItemRef<'a>>,
+    }
+    Ok(HttpResponse::Ok().json(Items { items }))
 }
 
 /// One nearby store holding the SKU.
@@ -208,9 +243,9 @@ pub async fn get_nearby(
         .filter(|(d, _)| *d <= radius)
         .collect();
     near.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let keys: Vec<(String, String)> = near
+    let keys: Vec<(&str, &str)> = near
         .iter()
-        .map(|(_, s)| (s.store_id.clone(), sku.clone()))
+        .map(|(_, s)| (s.store_id.as_str(), sku.as_str()))
         .collect();
     let levels = state.view.levels(&keys).await?;
     let stores = near
