@@ -13,6 +13,8 @@ pub struct InventoryConfig {
     pub base: ServiceConfig,
     /// How often the expiry sweeper looks for due reservations.
     pub sweep_interval: Duration,
+    /// How long an `Idempotency-Key` is remembered.
+    pub idempotency_retention: Duration,
 }
 
 impl InventoryConfig {
@@ -23,6 +25,10 @@ impl InventoryConfig {
             sweep_interval: Duration::from_millis(env_parse(
                 "RESERVATION_SWEEP_INTERVAL_MS",
                 1000,
+            )?),
+            idempotency_retention: Duration::from_secs(env_parse(
+                "IDEMPOTENCY_RETENTION_SECS",
+                24 * 3600,
             )?),
         })
     }

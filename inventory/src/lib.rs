@@ -74,6 +74,7 @@ impl Application {
             db.clone(),
             view.clone(),
             config.sweep_interval,
+            config.idempotency_retention,
             shutdown.clone(),
         )));
         let relay = OutboxRelay::new(

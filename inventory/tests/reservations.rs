@@ -368,3 +368,38 @@ async fn a_retry_while_the_first_request_is_still_running_is_a_conflict() {
     assert_eq!(r.status(), StatusCode::CREATED);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn an_idempotency_key_past_its_retention_is_forgotten() {
+    use std::time::Duration;
+    let app = spawn_app().await;
+    app.store("S1", 48.85, 2.35).await;
+    app.stock("S1", "A", 10).await;
+    let body = json!({"store_id": "S1", "lines": [{"sku": "A", "quantity": 1}], "channel": "web",
+                      "reference": "cart-1", "ttl_seconds": 60});
+    let r = app
+        .post_keyed("/v1/reservations", &customer("c1"), "old-key", body.clone())
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let fresh = shared::idempotency::purge(&app.db, Duration::from_secs(3600), 100)
+        .await
+        .unwrap();
+    assert_eq!(fresh, 0, "a young key is kept");
+    sea_orm::ConnectionTrait::execute_unprepared(
+        &app.db,
+        "UPDATE idempotency_keys SET created_at = now() - interval '2 days'",
+    )
+    .await
+    .unwrap();
+    let old = shared::idempotency::purge(&app.db, Duration::from_secs(3600), 100)
+        .await
+        .unwrap();
+    assert_eq!(old, 1);
+    let r = app
+        .post_keyed("/v1/reservations", &customer("c1"), "old-key", body)
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert!(r.headers().get("idempotent-replayed").is_none());
+    assert_eq!(app.availability("S1", "A").await["reserved"], 2);
+    app.stop().await;
+}

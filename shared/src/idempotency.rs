@@ -215,3 +215,24 @@ pub fn replay_response(status: u16, body: serde_json::Value) -> actix_web::HttpR
     }
     builder.json(body)
 }
+
+/// Deletes keys older than `older_than`, at most `limit` of them; returns how many.
+/// A client retrying after that is treated as a new request.
+pub async fn purge(
+    conn: &impl ConnectionTrait,
+    older_than: std::time::Duration,
+    limit: u32,
+) -> Result<u64, DbErr> {
+    let seconds = <i64 as TryFrom<u64>>::try_from(older_than.as_secs()).unwrap_or(i64::MAX);
+    let deleted = conn
+        .execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "DELETE FROM idempotency_keys WHERE (caller, key) IN (
+                 SELECT caller, key FROM idempotency_keys
+                 WHERE created_at < now() - make_interval(secs => $1)
+                 LIMIT $2)",
+            [seconds.into(), i64::from(limit).into()],
+        ))
+        .await?;
+    Ok(deleted.rows_affected())
+}

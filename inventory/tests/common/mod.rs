@@ -39,6 +39,7 @@ pub fn config(database_url: &str, prefix: &str, pool: u32) -> InventoryConfig {
             http_workers: 1,
         },
         sweep_interval: Duration::from_millis(200),
+        idempotency_retention: Duration::from_secs(3600),
     }
 }
 
