@@ -84,10 +84,19 @@ impl AvailabilityView {
         }
     }
 
-    /// Keeps the levels a committed write returned, and passes its response on.
-    pub fn applied<R>(&self, response: R, levels: Option<Vec<Level>>) -> R {
-        for level in levels.into_iter().flatten() {
-            self.apply(level);
+    /// A mark to take before a write whose levels will be [`AvailabilityView::applied`].
+    pub fn mark(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Keeps the levels a committed write returned, and passes its response on. When the
+    /// cache was dropped since `mark` (the feed was lost meanwhile), they are not kept: a
+    /// change made elsewhere during the outage may be newer, and the database will say.
+    pub fn applied<R>(&self, mark: u64, response: R, levels: Option<Vec<Level>>) -> R {
+        if self.epoch.load(Ordering::Acquire) == mark {
+            for level in levels.into_iter().flatten() {
+                self.apply(level);
+            }
         }
         response
     }

@@ -145,6 +145,7 @@ pub async fn post_reservation(
         correlation: correlation(&req),
         causation: None,
     };
+    let mark = state.view.mark();
     let answer = store::reserve(&state.db, &call).await?;
     if answer.outcome == "created" {
         shared::outbox::wake_local_relays();
@@ -152,7 +153,7 @@ pub async fn post_reservation(
     // Committed: show the new levels on this replica at once.
     let body = state
         .view
-        .applied(answer.body, Some(answer.levels))
+        .applied(mark, answer.body, Some(answer.levels))
         .unwrap_or(serde_json::Value::Null);
     match answer.outcome.as_str() {
         "created" => Ok(HttpResponse::Created()
@@ -228,6 +229,7 @@ async fn end(
     }
     let actor = caller.identity();
     let corr = correlation(&req);
+    let mark = state.view.mark();
     idempotent_write(&state, &req, &caller, &body, async |txn| {
         let ended = store::end_reservation(txn, id, ending, &actor, corr, None)
             .await?
@@ -243,7 +245,7 @@ async fn end(
         Ok((StatusCode::OK, ended.reservation, ended.levels))
     })
     .await
-    .map(|(response, levels)| state.view.applied(response, levels))
+    .map(|(response, levels)| state.view.applied(mark, response, levels))
 }
 
 /// Goods handed over: on_hand and reserved both drop. Staff of the store, service.

@@ -97,6 +97,7 @@ pub async fn put_count(
     check_reference(&mut v, count.reference.as_ref());
     v.finish()?;
     let by = provenance(&req, &caller, count.reference.clone());
+    let mark = state.view.mark();
     idempotent_write(&state, &req, &caller, &body, async |txn| {
         let level = store::move_stock(
             txn,
@@ -116,7 +117,7 @@ pub async fn put_count(
         ))
     })
     .await
-    .map(|(response, levels)| state.view.applied(response, levels))
+    .map(|(response, levels)| state.view.applied(mark, response, levels))
 }
 
 /// Body of an adjustment.
@@ -164,6 +165,7 @@ pub async fn post_adjustment(
     }
     v.finish()?;
     let by = provenance(&req, &caller, Some(adj.reason.clone()));
+    let mark = state.view.mark();
     idempotent_write(&state, &req, &caller, &body, async |txn| {
         let level = store::move_stock(
             txn,
@@ -188,7 +190,7 @@ pub async fn post_adjustment(
         ))
     })
     .await
-    .map(|(response, levels)| state.view.applied(response, levels))
+    .map(|(response, levels)| state.view.applied(mark, response, levels))
 }
 
 /// One line of a bulk import.
@@ -417,6 +419,7 @@ async fn pos_movement(
     let lines = domain::merge_lines(pos.lines.iter().map(|l| (l.sku.clone(), l.quantity)));
     let by = provenance(&req, &caller, Some(pos.reference.clone()));
     let reference = pos.reference.clone();
+    let mark = state.view.mark();
     idempotent_write(&state, &req, &caller, &body, async |txn| {
         let mut levels: Vec<Level> = Vec::with_capacity(lines.len());
         for (sku, quantity) in &lines {
@@ -434,7 +437,7 @@ async fn pos_movement(
         Ok((StatusCode::OK, to_json(&result), levels))
     })
     .await
-    .map(|(response, levels)| state.view.applied(response, levels))
+    .map(|(response, levels)| state.view.applied(mark, response, levels))
 }
 
 /// POS sale of goods in hand: never refused; reservations it puts at risk are flagged.

@@ -33,11 +33,12 @@ pub async fn expiry_sweeper(
             if shutdown.is_cancelled() {
                 return;
             }
+            let mark = view.mark();
             match store::expire_one_due(&db).await {
                 Ok(Some(ended)) => {
                     shared::outbox::wake_local_relays();
                     tracing::info!(reservation_id = %ended.reservation["id"], "reservation expired");
-                    view.applied((), Some(ended.levels));
+                    view.applied(mark, (), Some(ended.levels));
                 }
                 Ok(None) => break,
                 Err(err) => {
