@@ -39,6 +39,7 @@ pub struct Application {
     port: u16,
     server: actix_web::dev::Server,
     shutdown: Shutdown,
+    workers_stop: Shutdown,
     workers: Vec<tokio::task::JoinHandle<()>>,
     broker: Broker,
 }
@@ -66,23 +67,26 @@ impl Application {
             .context("declaring the RabbitMQ topology")?;
 
         let view = view::AvailabilityView::new(db.clone());
+        // The workers stop after HTTP has drained, so the relay publishes what the last
+        // requests committed and the view follows until the end.
+        let workers_stop = Shutdown::new();
         let mut workers = Vec::new();
         workers.push(tokio::spawn(
-            view.clone().follow(broker.clone(), shutdown.clone()),
+            view.clone().follow(broker.clone(), workers_stop.clone()),
         ));
         workers.push(tokio::spawn(workers::expiry_sweeper(
             db.clone(),
             view.clone(),
             config.sweep_interval,
             config.idempotency_retention,
-            shutdown.clone(),
+            workers_stop.clone(),
         )));
         let relay = OutboxRelay::new(
             db.clone(),
             Publisher::new(broker.clone()),
             &base.database_url,
         );
-        let relay_shutdown = shutdown.clone();
+        let relay_shutdown = workers_stop.clone();
         workers.push(tokio::spawn(async move { relay.run(relay_shutdown).await }));
 
         let state = web::Data::new(api::AppState {
@@ -140,6 +144,7 @@ impl Application {
             port,
             server,
             shutdown,
+            workers_stop,
             workers,
             broker,
         })
@@ -162,6 +167,7 @@ impl Application {
         self.server.await?;
         self.shutdown.cancel();
         let _ = stopper.await;
+        self.workers_stop.cancel();
         for worker in self.workers {
             let _ = worker.await;
         }

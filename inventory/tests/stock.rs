@@ -276,3 +276,99 @@ async fn the_ledger_pages_newest_first() {
     assert_eq!(revs, vec![3, 2]);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn committing_a_reservation_flags_the_one_it_leaves_short_and_a_growing_shortfall_is_flagged_again()
+ {
+    let app = spawn_app().await;
+    app.store("S1", 48.85, 2.35).await;
+    app.stock("S1", "K", 5).await;
+    let queue = shared_queue(&app, "inventory.reservation.at_risk").await;
+    let older: Value = app
+        .reserve(&customer("c1"), "S1", json!([{"sku": "K", "quantity": 2}]))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let newer: Value = app
+        .reserve(&customer("c2"), "S1", json!([{"sku": "K", "quantity": 3}]))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let sale = |q: i64| json!({"lines": [{"sku": "K", "quantity": q}], "reference": "t"});
+    // A sale of 1 leaves the newer reservation short by 1; another of 1, short by 2.
+    app.post("/v1/stores/S1/sales", &staff(&["S1"]), sale(1))
+        .await;
+    let first = next_event(&queue).await;
+    assert_eq!(
+        (
+            first["data"]["reservation_id"].as_str(),
+            first["data"]["short_by"].as_i64()
+        ),
+        (newer["id"].as_str(), Some(1))
+    );
+    app.post("/v1/stores/S1/sales", &staff(&["S1"]), sale(1))
+        .await;
+    let grown = next_event(&queue).await;
+    assert_eq!(
+        (
+            grown["data"]["reservation_id"].as_str(),
+            grown["data"]["short_by"].as_i64()
+        ),
+        (newer["id"].as_str(), Some(2))
+    );
+    // Handing the newer one over takes the 3 left: the older one now has nothing.
+    let id = newer["id"].as_str().unwrap();
+    let r = app
+        .post(
+            &format!("/v1/reservations/{id}/commit"),
+            &staff(&["S1"]),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let flagged = next_event(&queue).await;
+    assert_eq!(
+        (
+            flagged["data"]["reservation_id"].as_str(),
+            flagged["data"]["short_by"].as_i64()
+        ),
+        (older["id"].as_str(), Some(2))
+    );
+    let seen: Value = app
+        .get(
+            &format!("/v1/reservations/{}", older["id"].as_str().unwrap()),
+            Some(&customer("c1")),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(seen["at_risk"], true);
+    app.assert_invariants().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn only_a_service_may_reserve_on_behalf_of_an_order() {
+    let app = spawn_app().await;
+    app.store("S1", 48.85, 2.35).await;
+    app.stock("S1", "K", 5).await;
+    let body = json!({"store_id": "S1", "lines": [{"sku": "K", "quantity": 1}], "channel": "order",
+                      "reference": "o-1", "ttl_seconds": 60, "order_id": uuid::Uuid::now_v7()});
+    let r = app
+        .post("/v1/reservations", &customer("c1"), body.clone())
+        .await;
+    problem(r, StatusCode::FORBIDDEN).await;
+    assert_eq!(app.availability("S1", "K").await["reserved"], 0);
+    let r = app
+        .post(
+            "/v1/reservations",
+            &token("orders", shared::auth::Role::Service, &[]),
+            body,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    app.stop().await;
+}

@@ -323,8 +323,11 @@ pub async fn get_stream(
                                 return Some((Ok(web::Bytes::from(frame)), (changes, ticker, view, shutdown)));
                             }
                             Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                                tracing::warn!(missed = n, "slow SSE client skipped changes");
-                                continue;
+                                // Ending the stream is honest: EventSource reconnects and
+                                // the client reads the levels again, instead of showing
+                                // stale ones.
+                                tracing::warn!(missed = n, "slow SSE client fell behind; closing its stream");
+                                return None;
                             }
                             Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
                         },

@@ -126,6 +126,12 @@ pub async fn post_reservation(
     if caller.role == Role::Staff {
         caller.require_store(&ask.store_id)?;
     }
+    // The order saga trusts reservation events naming an order: only services name one.
+    if ask.order_id.is_some() && !matches!(caller.role, Role::Service | Role::Admin) {
+        return Err(Problem::forbidden(
+            "only a service may reserve on behalf of an order",
+        ));
+    }
     if state.view.store(&ask.store_id).await?.is_none() {
         let mut v = Validation::new();
         v.add("store_id", "unknown store");

@@ -136,8 +136,9 @@ BEGIN
         p_correlation, p_causation);
 END $$ LANGUAGE plpgsql;
 
--- When on_hand fell under reserved (a POS sale, a count), flag the newest active
--- reservations of that SKU until the shortfall is covered, once each.
+-- When on_hand is under reserved (a POS sale, a count, a commit after those), flag the
+-- newest active reservations of that SKU until the shortfall is covered; one whose share
+-- of the shortfall grows is flagged again with the larger figure.
 CREATE FUNCTION flag_at_risk(lvl stock_levels, p_correlation uuid) RETURNS void AS $$
 DECLARE
     shortfall bigint := lvl.reserved - lvl.on_hand;
@@ -147,26 +148,26 @@ BEGIN
     IF shortfall <= 0 THEN
         RETURN;
     END IF;
-    shortfall := shortfall - coalesce((
-        SELECT sum(k.short_by) FROM reservation_risks k
-        JOIN reservations r ON r.id = k.reservation_id
-        WHERE r.status = 'active' AND r.store_id = lvl.store_id AND k.sku = lvl.sku), 0);
     FOR line IN
-        SELECT l.reservation_id, l.quantity, r.order_id
-        FROM reservation_lines l JOIN reservations r ON r.id = l.reservation_id
+        SELECT l.reservation_id, l.quantity, r.order_id, coalesce(k.short_by, 0) AS flagged
+        FROM reservation_lines l
+        JOIN reservations r ON r.id = l.reservation_id
+        LEFT JOIN reservation_risks k ON k.reservation_id = l.reservation_id AND k.sku = l.sku
         WHERE l.store_id = lvl.store_id AND l.sku = lvl.sku AND r.status = 'active'
-          AND NOT EXISTS (SELECT 1 FROM reservation_risks k
-                          WHERE k.reservation_id = l.reservation_id AND k.sku = l.sku)
         ORDER BY r.created_at DESC, r.id DESC
     LOOP
         EXIT WHEN shortfall <= 0;
         short := least(line.quantity, shortfall);
-        INSERT INTO reservation_risks (reservation_id, sku, short_by)
-        VALUES (line.reservation_id, lvl.sku, short);
-        PERFORM enqueue_event('inventory.reservation.at_risk', 'reservation:' || line.reservation_id,
-            jsonb_build_object('reservation_id', line.reservation_id, 'order_id', line.order_id,
-                               'store_id', lvl.store_id, 'sku', lvl.sku, 'short_by', short),
-            p_correlation, NULL);
+        IF short > line.flagged THEN
+            INSERT INTO reservation_risks (reservation_id, sku, short_by)
+            VALUES (line.reservation_id, lvl.sku, short)
+            ON CONFLICT (reservation_id, sku)
+            DO UPDATE SET short_by = excluded.short_by, flagged_at = now();
+            PERFORM enqueue_event('inventory.reservation.at_risk', 'reservation:' || line.reservation_id,
+                jsonb_build_object('reservation_id', line.reservation_id, 'order_id', line.order_id,
+                                   'store_id', lvl.store_id, 'sku', lvl.sku, 'short_by', short),
+                p_correlation, NULL);
+        END IF;
         shortfall := shortfall - short;
     END LOOP;
 END $$ LANGUAGE plpgsql;
@@ -252,6 +253,7 @@ DECLARE
     i int;
     lvl stock_levels;
     lvls stock_levels[] := '{}';
+    locked text[];
     short jsonb := '[]'::jsonb;
     r reservations;
 BEGIN
@@ -263,17 +265,21 @@ BEGIN
         END IF;
     END IF;
     IF n > 1 THEN
-        -- Lock every line's row first, in order, and check them all before changing any.
-        FOR lvl IN SELECT * FROM stock_levels
-                   WHERE store_id = p_store AND sku = ANY (p_skus) ORDER BY sku FOR UPDATE LOOP
-        END LOOP;
+        -- Lock every line's row first, in (store, sku) byte order like every other writer,
+        -- and check them all before changing any. A row that did not exist when locking
+        -- counts as nothing available (it may have appeared since, unlocked).
+        SELECT coalesce(array_agg(k.sku), '{}') INTO locked
+        FROM (SELECT sku FROM stock_levels
+              WHERE store_id = p_store AND sku = ANY (p_skus)
+              ORDER BY sku COLLATE "C" FOR UPDATE) k;
         SELECT coalesce(jsonb_agg(jsonb_build_object('sku', w.sku, 'requested', w.qty,
                                                      'available', coalesce(w.avail, 0))
-                                  ORDER BY w.sku), '[]'::jsonb)
+                                  ORDER BY w.sku COLLATE "C"), '[]'::jsonb)
         INTO short
         FROM (SELECT q.sku, q.qty, greatest(0, s.on_hand - s.reserved - s.safety_stock) AS avail
               FROM unnest(p_skus, p_quantities) AS q (sku, qty)
-              LEFT JOIN stock_levels s ON s.store_id = p_store AND s.sku = q.sku) w
+              LEFT JOIN stock_levels s ON s.store_id = p_store AND s.sku = q.sku
+                                      AND s.sku = ANY (locked)) w
         WHERE coalesce(w.avail, 0) < w.qty;
         IF jsonb_array_length(short) > 0 THEN
             outcome := 'short';
@@ -365,7 +371,7 @@ BEGIN
         RETURN NULL;
     END IF;
     FOR line IN SELECT l.sku, l.quantity FROM reservation_lines l
-                WHERE l.reservation_id = p_id ORDER BY l.sku LOOP
+                WHERE l.reservation_id = p_id ORDER BY l.sku COLLATE "C" LOOP
         IF kind = 'commit' THEN
             SELECT least(line.quantity, s.on_hand) INTO taken FROM stock_levels s
             WHERE s.store_id = r.store_id AND s.sku = line.sku FOR UPDATE;
@@ -376,6 +382,8 @@ BEGIN
             RETURNING * INTO lvl;
             PERFORM record_change(lvl, kind, line.quantity, -taken, -line.quantity,
                                   r.reference, p_actor, p_correlation, p_causation);
+            -- Taking goods another reservation counted on leaves that one short: say so.
+            PERFORM flag_at_risk(lvl, p_correlation);
             lvls := lvls || lvl;
         ELSE
             UPDATE stock_levels
