@@ -85,7 +85,9 @@ impl Application {
             db.clone(),
             Publisher::new(broker.clone()),
             &base.database_url,
-        );
+        )
+        // stock.changed carries a revision; reservation events must stay in order.
+        .with_pipelined_aggregates(&["stock:"]);
         let relay_shutdown = workers_stop.clone();
         workers.push(tokio::spawn(async move { relay.run(relay_shutdown).await }));
 

@@ -91,6 +91,7 @@ async fn broker_restart_mid_flow_loses_nothing_and_applies_nothing_twice() {
     );
     let relay = tokio::spawn(
         OutboxRelay::new(env.db.clone(), Publisher::new(env.broker.clone()), &env.url)
+            .with_pipelined_aggregates(&["stock:"])
             .run(shutdown.clone()),
     );
 
