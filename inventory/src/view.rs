@@ -131,6 +131,14 @@ impl AvailabilityView {
         store::list_stores(&self.db).await
     }
 
+    /// Whether a store exists, without copying it (memory when live, else the database).
+    pub async fn has_store(&self, store_id: &str) -> Result<bool, DbErr> {
+        if self.is_live() && self.stores.contains_key(store_id) {
+            return Ok(true);
+        }
+        Ok(self.store(store_id).await?.is_some())
+    }
+
     /// The low-stock threshold of a store held in memory (0 when unknown).
     pub fn threshold(&self, store_id: &str) -> i64 {
         self.stores

@@ -66,19 +66,19 @@ impl<'a> ItemRef<'a> {
     }
 }
 
-/// The item of a level under its store's threshold (0 for an unknown store).
+/// The item of a level under its store's threshold (0 for an unknown store), owned.
 pub fn item_with_threshold(level: &Level, threshold: i64) -> AvailabilityItem {
-    let available = domain::available(level.on_hand, level.reserved, level.safety_stock);
+    let item = ItemRef::new(level, threshold);
     AvailabilityItem {
-        store_id: level.store_id.clone(),
-        sku: level.sku.clone(),
-        on_hand: level.on_hand,
-        reserved: level.reserved,
-        safety_stock: level.safety_stock,
-        available,
-        status: domain::status(available, threshold).to_owned(),
-        revision: level.revision,
-        updated_at: level.updated_at,
+        store_id: item.store_id.to_owned(),
+        sku: item.sku.to_owned(),
+        on_hand: item.on_hand,
+        reserved: item.reserved,
+        safety_stock: item.safety_stock,
+        available: item.available,
+        status: item.status.to_owned(),
+        revision: item.revision,
+        updated_at: item.updated_at,
     }
 }
 
@@ -316,10 +316,10 @@ pub async fn get_stream(
                                     || (!skus.is_empty() && !skus.contains(&level.sku)) {
                                     continue;
                                 }
-                                let item = item_with_threshold(&level, view.threshold(&level.store_id));
+                                let item = ItemRef::new(&level, view.threshold(&level.store_id));
                                 let data = serde_json::to_string(&item).unwrap_or_default();
                                 let frame = format!("event: availability\nid: {}:{}:{}\ndata: {data}\n\n",
-                                                    item.store_id, item.sku, item.revision);
+                                                    level.store_id, level.sku, level.revision);
                                 return Some((Ok(web::Bytes::from(frame)), (changes, ticker, view, shutdown)));
                             }
                             Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {

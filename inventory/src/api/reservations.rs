@@ -132,7 +132,7 @@ pub async fn post_reservation(
             "only a service may reserve on behalf of an order",
         ));
     }
-    if state.view.store(&ask.store_id).await?.is_none() {
+    if !state.view.has_store(&ask.store_id).await? {
         let mut v = Validation::new();
         v.add("store_id", "unknown store");
         v.finish()?;
