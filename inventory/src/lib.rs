@@ -8,14 +8,18 @@
 //! - [`config`]: settings from the environment.
 //! - [`domain`]: pure rules (codes, quantities, availability, line merging, distance).
 //! - [`store`]: every SQL call and the migrations (`store/schema.sql` holds the functions
-//!   that guard stock).
+//!   that guard stock, `store/saga.sql` the order saga's index, tombstones and hold
+//!   adoption).
 //! - [`view`]: the in-memory availability view kept exact by LISTEN/NOTIFY, feeding SSE.
 //! - [`api`]: HTTP handlers, one module per resource, and the OpenAPI document.
+//! - [`saga`]: the consumer of the orders service's events (the order saga): reserve,
+//!   adopt a checkout hold, reject, commit, release.
 //! - [`workers`]: the reservation expiry sweeper.
 
 pub mod api;
 pub mod config;
 pub mod domain;
+pub mod saga;
 pub mod store;
 pub mod view;
 pub mod workers;
@@ -24,15 +28,25 @@ use actix_web::{App, HttpServer, middleware, web};
 use anyhow::Context;
 use config::InventoryConfig;
 use shared::auth::Authenticator;
+use shared::events::types;
 use shared::http::{Metrics, Readiness};
-use shared::messaging::{Broker, Publisher, Topology};
+use shared::messaging::{Broker, Consumer, Publisher, Topology};
 use shared::outbox::OutboxRelay;
 use shared::shutdown::Shutdown;
 use std::sync::Arc;
 use utoipa_actix_web::AppExt;
 
-/// The routing keys the inventory service consumes (the order saga, issue 3).
-pub const CONSUMED_EVENTS: &[&str] = &[];
+/// The routing keys the inventory service consumes (the order saga): those bound to its
+/// queue in `shared::messaging::BINDINGS`.
+pub const CONSUMED_EVENTS: &[&str] = &[
+    types::ORDER_PLACED,
+    types::ORDER_COLLECTED,
+    types::ORDER_CANCELLED,
+    types::ORDER_EXPIRED,
+];
+
+/// The saga consumer's queue and inbox name.
+const SERVICE: &str = "inventory";
 
 /// A built, bound service: call [`Application::run_until_stopped`].
 pub struct Application {
@@ -41,7 +55,12 @@ pub struct Application {
     shutdown: Shutdown,
     workers_stop: Shutdown,
     workers: Vec<tokio::task::JoinHandle<()>>,
+    /// Stopped before the workers, so the relay still publishes what they committed.
+    consumers_stop: Shutdown,
+    consumers: Vec<tokio::task::JoinHandle<()>>,
     broker: Broker,
+    /// The consumers' own connection (a slow consumer never stalls the relay's confirms).
+    consumer_broker: Broker,
 }
 
 impl Application {
@@ -81,6 +100,28 @@ impl Application {
             config.idempotency_retention,
             workers_stop.clone(),
         )));
+        // Consumers get a connection of their own: it is our convention, and flow control
+        // or a blocked consumer channel then never holds up the relay's publishes.
+        let consumer_broker = Broker::connect_named(
+            &base.amqp_url,
+            Topology::new(base.amqp_prefix.clone()),
+            "inventory-consumer",
+        )
+        .await
+        .context("connecting the consumer to RabbitMQ")?;
+        let consumers_stop = workers_stop.child_token();
+        let saga = Consumer::new(
+            consumer_broker.clone(),
+            db.clone(),
+            SERVICE,
+            CONSUMED_EVENTS,
+            saga::OrderSaga::new(config.order_hold_seconds),
+        )
+        // Orders are independent (each handler locks its order), so several at once;
+        // half the pool at most, so HTTP keeps connections.
+        .with_concurrency(usize::try_from((base.database_pool_size / 2).clamp(1, 16)).unwrap_or(1));
+        let consumers = vec![tokio::spawn(saga.run(consumers_stop.clone()))];
+
         let relay = OutboxRelay::new(
             db.clone(),
             Publisher::new(broker.clone()),
@@ -101,9 +142,12 @@ impl Application {
         );
         let metrics = web::Data::new(Metrics::new("inventory")?);
         let broker_for_ready = broker.clone();
+        let consumer_broker_for_ready = consumer_broker.clone();
         let readiness = web::Data::new(Readiness {
             db: db.clone(),
-            broker_up: Arc::new(move || broker_for_ready.is_connected()),
+            broker_up: Arc::new(move || {
+                broker_for_ready.is_connected() && consumer_broker_for_ready.is_connected()
+            }),
         });
         let limit = base.body_limit_bytes;
         let server = HttpServer::new(move || {
@@ -148,7 +192,10 @@ impl Application {
             shutdown,
             workers_stop,
             workers,
+            consumers_stop,
+            consumers,
             broker,
+            consumer_broker,
         })
     }
 
@@ -158,7 +205,8 @@ impl Application {
     }
 
     /// Serves until the shutdown token is cancelled, then drains: HTTP first (in-flight
-    /// requests finish), then the workers (the relay publishes what is committed).
+    /// requests finish), then the consumers (deliveries in hand are handled and acked),
+    /// then the workers (the relay publishes what is committed).
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let handle = self.server.handle();
         let shutdown = self.shutdown.clone();
@@ -169,6 +217,11 @@ impl Application {
         self.server.await?;
         self.shutdown.cancel();
         let _ = stopper.await;
+        self.consumers_stop.cancel();
+        for consumer in self.consumers {
+            let _ = consumer.await;
+        }
+        self.consumer_broker.close().await;
         self.workers_stop.cancel();
         for worker in self.workers {
             let _ = worker.await;
@@ -176,5 +229,16 @@ impl Application {
         self.broker.close().await;
         tracing::info!("inventory stopped");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_saga_consumes_exactly_the_keys_bound_to_the_inventory_queue() {
+        assert_eq!(
+            super::CONSUMED_EVENTS,
+            shared::messaging::bindings_of(super::SERVICE)
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! HTTP plumbing every service mounts: health, metrics, OpenAPI and Swagger UI.
 
 use crate::problem::Problem;
+use actix_web::HttpRequest;
 use actix_web::{
     HttpResponse, Responder,
     body::MessageBody,
@@ -12,6 +13,7 @@ use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Regi
 use sea_orm::{ConnectionTrait, DatabaseConnection};
 use std::sync::Arc;
 use std::time::Instant;
+use uuid::Uuid;
 
 /// What `/health/ready` checks: the database answers and the broker is connected.
 #[derive(Clone)]
@@ -168,4 +170,45 @@ pub fn openapi_json(openapi: &utoipa::openapi::OpenApi) -> String {
     let mut text = openapi.to_pretty_json().unwrap_or_default();
     text.push('\n');
     text
+}
+
+/// The correlation id of a request: the caller's `X-Correlation-Id` when it is a UUID.
+pub fn correlation(req: &HttpRequest) -> Uuid {
+    req.headers()
+        .get("X-Correlation-Id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| Uuid::parse_str(v).ok())
+        .unwrap_or_else(Uuid::now_v7)
+}
+
+/// Query parameters as a list of pairs (keys may repeat).
+pub fn query_pairs(req: &HttpRequest) -> Result<Vec<(String, String)>, Problem> {
+    serde_urlencoded::from_str::<Vec<(String, String)>>(req.query_string())
+        .map_err(|e| Problem::bad_request(format!("invalid query string: {e}")))
+}
+
+/// Reads `limit` (1..=max, default) and the opaque `cursor` of a paginated list.
+pub fn page_params(
+    pairs: &[(String, String)],
+    default: u64,
+    max: u64,
+) -> Result<(u64, Option<String>), Problem> {
+    let mut limit = default;
+    let mut cursor = None;
+    for (k, v) in pairs {
+        match k.as_str() {
+            "limit" => {
+                let parsed = v
+                    .parse::<i128>()
+                    .map_err(|_| Problem::bad_request("limit must be an integer"))?;
+                limit = u64::try_from(parsed)
+                    .ok()
+                    .filter(|l| (1..=max).contains(l))
+                    .ok_or_else(|| Problem::unprocessable(format!("limit must be 1..={max}")))?;
+            }
+            "cursor" => cursor = Some(v.clone()),
+            _ => {}
+        }
+    }
+    Ok((limit, cursor))
 }

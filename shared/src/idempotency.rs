@@ -8,8 +8,11 @@
 //! logic lives in SQL functions so that writes done in one SQL call (reservations) use the
 //! very same rules.
 
+use crate::auth::Caller;
+use crate::problem::Body;
 use crate::problem::Problem;
-use actix_web::HttpRequest;
+use actix_web::{HttpRequest, HttpResponse, http::StatusCode};
+use sea_orm::TransactionTrait;
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement};
 use sea_orm_migration::prelude::*;
 use sha2::{Digest, Sha256};
@@ -235,4 +238,35 @@ pub async fn purge(
         ))
         .await?;
     Ok(deleted.rows_affected())
+}
+
+/// Runs a write in one transaction with its `Idempotency-Key` (when sent): a retry replays
+/// the first response and changes nothing; the key and the effect commit together.
+/// The write's third output (levels to show at once, say) is handed back only after commit.
+pub async fn idempotent_write<F, T>(
+    db: &sea_orm::DatabaseConnection,
+    req: &HttpRequest,
+    caller: &Caller,
+    body: &Body,
+    write: F,
+) -> Result<(HttpResponse, Option<T>), Problem>
+where
+    F: AsyncFnOnce(
+        &sea_orm::DatabaseTransaction,
+    ) -> Result<(StatusCode, serde_json::Value, T), Problem>,
+{
+    let key = IdempotencyKey::from_request(req, &caller.identity(), &body.0)?;
+    let txn = db.begin().await?;
+    if let Some(key) = &key
+        && let Begin::Replay { status, body } = begin(&txn, key).await?
+    {
+        return Ok((replay_response(status, body), None));
+    }
+    let (status, value, after) = write(&txn).await?;
+    if let Some(key) = &key {
+        finish(&txn, key, status.as_u16(), &value).await?;
+    }
+    txn.commit().await?;
+    crate::outbox::wake_local_relays();
+    Ok((HttpResponse::build(status).json(value), Some(after)))
 }

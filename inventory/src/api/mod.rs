@@ -7,14 +7,14 @@ pub mod stores;
 
 use crate::view::AvailabilityView;
 use actix_web::{HttpRequest, HttpResponse, http::StatusCode, web};
-use sea_orm::{DatabaseConnection, TransactionTrait};
+use sea_orm::DatabaseConnection;
 use shared::auth::Caller;
 use shared::http::BearerAuth;
-use shared::idempotency::{self, Begin, IdempotencyKey};
+pub use shared::http::{correlation, page_params, query_pairs};
+use shared::idempotency;
 use shared::problem::{Body, Problem};
 use std::sync::Arc;
 use utoipa::OpenApi;
-use uuid::Uuid;
 
 /// What every handler reaches through app data.
 #[derive(Clone)]
@@ -27,18 +27,7 @@ pub struct AppState {
     pub shutdown: shared::shutdown::Shutdown,
 }
 
-/// The correlation id of a request: the caller's `X-Correlation-Id` when it is a UUID.
-pub fn correlation(req: &HttpRequest) -> Uuid {
-    req.headers()
-        .get("X-Correlation-Id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| Uuid::parse_str(v).ok())
-        .unwrap_or_else(Uuid::now_v7)
-}
-
-/// Runs a write in one transaction with its `Idempotency-Key` (when sent): a retry replays
-/// the first response and changes nothing; the key and the effect commit together.
-/// The write's third output (levels to show at once, say) is handed back only after commit.
+/// [`shared::idempotency::idempotent_write`] on the inventory database.
 pub async fn idempotent_write<F, T>(
     state: &AppState,
     req: &HttpRequest,
@@ -51,20 +40,7 @@ where
         &sea_orm::DatabaseTransaction,
     ) -> Result<(StatusCode, serde_json::Value, T), Problem>,
 {
-    let key = IdempotencyKey::from_request(req, &caller.identity(), &body.0)?;
-    let txn = state.db.begin().await?;
-    if let Some(key) = &key
-        && let Begin::Replay { status, body } = idempotency::begin(&txn, key).await?
-    {
-        return Ok((idempotency::replay_response(status, body), None));
-    }
-    let (status, value, after) = write(&txn).await?;
-    if let Some(key) = &key {
-        idempotency::finish(&txn, key, status.as_u16(), &value).await?;
-    }
-    txn.commit().await?;
-    shared::outbox::wake_local_relays();
-    Ok((HttpResponse::build(status).json(value), Some(after)))
+    idempotency::idempotent_write(&state.db, req, caller, body, write).await
 }
 
 /// Serializes a response value (infallible for our types).
@@ -113,38 +89,6 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         .configure(routes)
         .split_for_parts();
     doc
-}
-
-/// Query parameters as a list of pairs (keys may repeat).
-pub fn query_pairs(req: &HttpRequest) -> Result<Vec<(String, String)>, Problem> {
-    serde_urlencoded::from_str::<Vec<(String, String)>>(req.query_string())
-        .map_err(|e| Problem::bad_request(format!("invalid query string: {e}")))
-}
-
-/// Reads `limit` (1..=max, default) and the opaque `cursor` of a paginated list.
-pub fn page_params(
-    pairs: &[(String, String)],
-    default: u64,
-    max: u64,
-) -> Result<(u64, Option<String>), Problem> {
-    let mut limit = default;
-    let mut cursor = None;
-    for (k, v) in pairs {
-        match k.as_str() {
-            "limit" => {
-                let parsed = v
-                    .parse::<i128>()
-                    .map_err(|_| Problem::bad_request("limit must be an integer"))?;
-                limit = u64::try_from(parsed)
-                    .ok()
-                    .filter(|l| (1..=max).contains(l))
-                    .ok_or_else(|| Problem::unprocessable(format!("limit must be 1..={max}")))?;
-            }
-            "cursor" => cursor = Some(v.clone()),
-            _ => {}
-        }
-    }
-    Ok((limit, cursor))
 }
 
 /// Answers unknown paths with problem+json.

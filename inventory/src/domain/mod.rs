@@ -55,12 +55,37 @@ pub fn status(available: i64, low_stock_threshold: i64) -> &'static str {
 }
 
 /// Adds up lines naming the same SKU and sorts them by SKU: the order rows are locked in.
+/// Sums saturate, so unchecked input (an order event's lines) cannot overflow.
 pub fn merge_lines(lines: impl IntoIterator<Item = (String, i64)>) -> Vec<(String, i64)> {
     let mut merged: std::collections::BTreeMap<String, i64> = Default::default();
     for (sku, quantity) in lines {
-        *merged.entry(sku).or_insert(0) += quantity;
+        let sum = merged.entry(sku).or_insert(0);
+        *sum = sum.saturating_add(quantity);
     }
     merged.into_iter().collect()
+}
+
+/// Why an order's lines cannot be reserved as sent, if they cannot: no lines, too many,
+/// a malformed SKU, or a quantity that is not positive or too large (each line, and each
+/// SKU's merged total).
+pub fn order_lines_problem(lines: &[(String, i64)]) -> Option<String> {
+    if lines.is_empty() || lines.len() > MAX_LINES {
+        return Some(format!("an order must hold 1..={MAX_LINES} lines"));
+    }
+    if let Some((sku, _)) = lines.iter().find(|(sku, _)| !is_code(sku)) {
+        return Some(format!("SKU {sku:?} is not a code"));
+    }
+    if let Some((sku, quantity)) = lines
+        .iter()
+        .cloned()
+        .chain(merge_lines(lines.iter().cloned()))
+        .find(|(_, q)| !(1..=MAX_QUANTITY).contains(q))
+    {
+        return Some(format!(
+            "quantity {quantity} of {sku} is not 1..={MAX_QUANTITY}"
+        ));
+    }
+    None
 }
 
 /// Great-circle distance in kilometres (haversine, mean Earth radius).
@@ -98,6 +123,24 @@ mod tests {
     fn two_lines_of_one_sku_count_together() {
         let merged = merge_lines([("B".into(), 1), ("A".into(), 2), ("B".into(), 3)]);
         assert_eq!(merged, vec![("A".into(), 2), ("B".into(), 4)]);
+    }
+
+    #[test]
+    fn merging_lines_of_unchecked_orders_saturates_instead_of_overflowing() {
+        let merged = merge_lines([("A".into(), i64::MAX), ("A".into(), 1)]);
+        assert_eq!(merged, vec![("A".into(), i64::MAX)]);
+    }
+
+    #[test]
+    fn order_lines_must_be_codes_with_positive_bounded_quantities() {
+        let line = |sku: &str, q: i64| (sku.to_owned(), q);
+        assert_eq!(order_lines_problem(&[line("A", 1), line("A", 2)]), None);
+        assert!(order_lines_problem(&[]).is_some());
+        assert!(order_lines_problem(&[line("A", 0)]).is_some());
+        assert!(order_lines_problem(&[line("A", -3)]).is_some());
+        assert!(order_lines_problem(&[line("a b", 1)]).is_some());
+        assert!(order_lines_problem(&[line("A", MAX_QUANTITY), line("A", 1)]).is_some());
+        assert!(order_lines_problem(&vec![line("A", 1); MAX_LINES + 1]).is_some());
     }
 
     #[test]

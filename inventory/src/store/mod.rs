@@ -12,6 +12,8 @@ use sea_orm_migration::prelude::*;
 use serde::Serialize;
 use uuid::Uuid;
 
+pub mod saga;
+
 /// The inventory tables and functions.
 pub struct SchemaMigration;
 
@@ -32,6 +34,26 @@ impl MigrationTrait for SchemaMigration {
     }
 }
 
+/// The order saga's index, tombstones and hold adoption (`saga.sql`).
+pub struct SagaMigration;
+
+impl MigrationName for SagaMigration {
+    fn name(&self) -> &str {
+        "m0101_inventory_order_saga"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for SagaMigration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .get_connection()
+            .execute_unprepared(include_str!("saga.sql"))
+            .await
+            .map(|_| ())
+    }
+}
+
 /// The migrations, shared ones first.
 pub struct Migrator;
 
@@ -43,6 +65,7 @@ impl MigratorTrait for Migrator {
             Box::new(shared::inbox::Migration),
             Box::new(shared::outbox::Migration),
             Box::new(SchemaMigration),
+            Box::new(SagaMigration),
         ]
     }
 }

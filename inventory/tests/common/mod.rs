@@ -40,6 +40,7 @@ pub fn config(database_url: &str, prefix: &str, pool: u32) -> InventoryConfig {
         },
         sweep_interval: Duration::from_millis(200),
         idempotency_retention: Duration::from_secs(3600),
+        order_hold_seconds: inventory::config::DEFAULT_ORDER_HOLD_SECONDS,
     }
 }
 
@@ -336,6 +337,28 @@ pub async fn next_event(channel: &lapin::Channel) -> Value {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     panic!("no event arrived on {queue}");
+}
+
+/// The next message on a probe queue if one arrives within `wait` (for "nothing more").
+pub async fn event_within(channel: &lapin::Channel, wait: Duration) -> Option<Value> {
+    let queue = PROBES.lock().unwrap().get(&channel.id()).cloned().unwrap();
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let got = channel
+            .basic_get(
+                queue.as_str().into(),
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap();
+        if let Some(message) = got {
+            return Some(serde_json::from_slice(&message.delivery.data).unwrap());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Deletes the service and parking queues named with `prefix`.
