@@ -1,0 +1,13 @@
+//! The orders binary: config → telemetry → Application::build → run.
+
+use orders::{Application, config::OrdersConfig};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    shared::telemetry::init();
+    let config = OrdersConfig::from_env()?;
+    tracing::info!(?config, "starting orders");
+    let shutdown = shared::shutdown::on_signal();
+    let app = Application::build(config, shutdown).await?;
+    app.run_until_stopped().await
+}
