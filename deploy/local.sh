@@ -8,8 +8,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/clickcollect-target}"
 RUN_DIR="${CLICKCOLLECT_RUN_DIR:-$HOME/.cache/clickcollect/run}"
 PG_HOST=127.0.0.1
-SERVICES=(inventory)
-declare -A PORTS=([inventory]=8081)
+SERVICES=(inventory orders)
+declare -A PORTS=([inventory]=8081 [orders]=8082)
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -107,7 +107,7 @@ cmd_up() {
   ensure_broker_app
   cd "$ROOT"
   say "building (release)"
-  cargo build --release -p inventory -p e2e --bin inventory --bin seed --bin devtoken
+  cargo build --release -p inventory -p orders -p e2e --bin inventory --bin orders --bin seed --bin devtoken
   mkdir -p "$RUN_DIR"
   stop_services
   for svc in "${SERVICES[@]}"; do
@@ -119,13 +119,14 @@ cmd_up() {
   for svc in "${SERVICES[@]}"; do wait_ready "$svc" "${PORTS[$svc]}"; done
   if [ "$(curl -sf http://127.0.0.1:8081/v1/stores | grep -c store_id || true)" = "0" ]; then
     say "loading demo data"
-    "$CARGO_TARGET_DIR/release/seed" http://127.0.0.1:8081
+    "$CARGO_TARGET_DIR/release/seed" http://127.0.0.1:8081 http://127.0.0.1:8082
   fi
   local tok="$CARGO_TARGET_DIR/release/devtoken"
   cat <<TXT
 
 clickcollect is up.
   inventory      http://127.0.0.1:8081   Swagger UI http://127.0.0.1:8081/docs/
+  orders         http://127.0.0.1:8082   Swagger UI http://127.0.0.1:8082/docs/
   logs           $RUN_DIR/*.log
 
 Development tokens (12 h, signed with the development secret):

@@ -1,5 +1,6 @@
-//! Loads the demo data through the inventory API: a dozen Paris stores, a few thousand
-//! SKUs with stock, and reservations in each state. `seed [INVENTORY_URL]`.
+//! Loads the demo data through the public APIs: a dozen Paris stores, a few thousand SKUs
+//! with stock, reservations in each state, and click-and-collect orders in each state.
+//! `seed [INVENTORY_URL] [ORDERS_URL]`.
 
 use serde_json::{Value, json};
 use shared::auth::{Role, mint_for};
@@ -92,10 +93,109 @@ async fn run() -> anyhow::Result<()> {
             .send()
             .await?;
     }
+    let orders_url = std::env::args()
+        .nth(2)
+        .unwrap_or_else(|| "http://127.0.0.1:8082".to_owned());
+    let orders = seed_orders(&http, &orders_url, &customer, &staff).await?;
     tracing_free_print(&format!(
-        "seeded {} stores, {} stock levels, 3 reservations (active, committed, released)",
+        "seeded {} stores, {} stock levels, 3 reservations (active, committed, released), \
+         orders: {orders}",
         STORES.len(),
         items.len()
+    ))
+}
+
+/// Orders at PAR-LOUVRE left in each state: pending→confirmed, picking, ready (with its
+/// code), collected, cancelled, and one rejected for shortage.
+async fn seed_orders(
+    http: &reqwest::Client,
+    base: &str,
+    customer: &str,
+    staff: &str,
+) -> anyhow::Result<String> {
+    // The orders service learns the stores from inventory's events: wait for PAR-LOUVRE.
+    let mut placed = Vec::new();
+    for (n, (sku, quantity)) in [
+        ("SKU-00010", 1),
+        ("SKU-00011", 1),
+        ("SKU-00012", 2),
+        ("SKU-00013", 1),
+        ("SKU-00014", 1),
+        ("SKU-00005", 10_000),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let body = json!({"store_id": "PAR-LOUVRE",
+                          "lines": [{"sku": sku, "quantity": quantity, "unit_price_cents": 1299}],
+                          "contact": {"email": "demo@example.com", "locale": if n % 2 == 0 { "fr-FR" } else { "en" }}});
+        let mut id = None;
+        for _ in 0..100 {
+            let r = http
+                .post(format!("{base}/v1/orders"))
+                .bearer_auth(customer)
+                .header("Idempotency-Key", format!("demo-order-{n}"))
+                .json(&body)
+                .send()
+                .await?;
+            if r.status().as_u16() == 202 {
+                let v: Value = r.json().await?;
+                id = v["id"].as_str().map(str::to_owned);
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        placed.push(id.ok_or_else(|| anyhow::anyhow!("orders never accepted a demo order"))?);
+    }
+    // Wait for inventory's answers.
+    for id in &placed {
+        for _ in 0..100 {
+            let v: Value = http
+                .get(format!("{base}/v1/orders/{id}"))
+                .bearer_auth(customer)
+                .send()
+                .await?
+                .json()
+                .await?;
+            if v["status"] != "pending" {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    let step = async |id: &str, action: &str, body: Value| -> anyhow::Result<Value> {
+        let r = http
+            .post(format!("{base}/v1/orders/{id}/{action}"))
+            .bearer_auth(staff)
+            .json(&body)
+            .send()
+            .await?;
+        Ok(r.json().await?)
+    };
+    // [0] stays confirmed; [1] picking; [2] ready; [3] collected; [4] cancelled; [5] rejected.
+    step(&placed[1], "start-picking", json!({})).await?;
+    for id in &placed[2..4] {
+        step(id, "start-picking", json!({})).await?;
+        step(id, "ready", json!({})).await?;
+    }
+    let ready: Value = http
+        .get(format!("{base}/v1/orders/{}", placed[3]))
+        .bearer_auth(customer)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let code = ready["pickup_code"].as_str().unwrap_or_default().to_owned();
+    step(&placed[3], "collect", json!({"pickup_code": code})).await?;
+    step(
+        &placed[4],
+        "cancel",
+        json!({"reason": "demo: customer called"}),
+    )
+    .await?;
+    Ok(format!(
+        "confirmed {}, picking {}, ready {}, collected {}, cancelled {}, rejected {}",
+        placed[0], placed[1], placed[2], placed[3], placed[4], placed[5]
     ))
 }
 
