@@ -68,7 +68,7 @@ pub struct StockChangedSeen {
 struct Body {
     #[serde(rename = "type")]
     event_type: String,
-    data: Data,
+    data: serde_json::Value,
 }
 
 #[derive(Debug, Deserialize)]
@@ -79,12 +79,25 @@ struct Data {
     revision: Option<i64>,
 }
 
+/// One `orders.order.*` event as received.
+#[derive(Debug, Clone)]
+pub struct OrderEventSeen {
+    /// When the delivery reached us.
+    pub at: Instant,
+    /// The event type.
+    pub event_type: String,
+    /// `data.order_id`.
+    pub order_id: String,
+}
+
 /// What the listener has received so far.
 #[derive(Debug, Default)]
 pub struct Received {
     /// Every parsed stock change, in arrival order.
     pub changes: Vec<StockChangedSeen>,
-    /// Deliveries that were not a readable `inventory.stock.changed` envelope.
+    /// Every order event, in arrival order.
+    pub orders: Vec<OrderEventSeen>,
+    /// Deliveries that were not a readable envelope of the bound type.
     pub unreadable: Vec<String>,
 }
 
@@ -180,12 +193,25 @@ impl Listener {
                 let Ok(mut received) = sink.lock() else { break };
                 match seen {
                     Ok(body) if body.event_type == "inventory.stock.changed" => {
-                        received.changes.push(StockChangedSeen {
+                        match serde_json::from_value::<Data>(body.data) {
+                            Ok(data) => received.changes.push(StockChangedSeen {
+                                at,
+                                store_id: data.store_id,
+                                sku: data.sku,
+                                on_hand: data.on_hand,
+                                revision: data.revision,
+                            }),
+                            Err(err) => received.unreadable.push(format!("stock.changed: {err}")),
+                        }
+                    }
+                    Ok(body) if body.event_type.starts_with("orders.order.") => {
+                        received.orders.push(OrderEventSeen {
                             at,
-                            store_id: body.data.store_id,
-                            sku: body.data.sku,
-                            on_hand: body.data.on_hand,
-                            revision: body.data.revision,
+                            order_id: body.data["order_id"]
+                                .as_str()
+                                .unwrap_or_default()
+                                .to_owned(),
+                            event_type: body.event_type,
                         });
                     }
                     Ok(body) => received

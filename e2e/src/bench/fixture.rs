@@ -31,6 +31,8 @@ pub struct Fixture {
     pub amqp_url: String,
     /// `AMQP_PREFIX` given to the service.
     pub amqp_prefix: String,
+    /// `AUTH_JWT_SECRET` given to the service (and to any second service of the scenario).
+    pub jwt_secret: String,
     /// Scripts and the service log.
     pub workdir: PathBuf,
     /// Leave database, broker objects and workdir behind.
@@ -84,6 +86,7 @@ impl Fixture {
             admin,
             amqp_url: AMQP_URL.to_owned(),
             amqp_prefix,
+            jwt_secret,
             workdir,
             keep: options.keep,
         })

@@ -24,6 +24,7 @@ pub mod cli;
 pub mod driver;
 pub mod events;
 pub mod fixture;
+pub mod orders;
 pub mod postgres;
 pub mod report;
 pub mod scenarios;
@@ -39,7 +40,7 @@ pub async fn run(options: &Options) -> bool {
     let needs_inventory = options
         .scenarios
         .iter()
-        .any(|s| !matches!(s, cli::Scenario::Orders | cli::Scenario::Push));
+        .any(|s| !matches!(s, cli::Scenario::Push));
     let inventory = if needs_inventory {
         service::binary("inventory").map_err(|err| format!("{err:#}"))
     } else {

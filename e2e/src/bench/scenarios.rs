@@ -51,7 +51,7 @@ pub async fn run(
     options: &Options,
     binary: &Result<PathBuf, String>,
 ) -> ScenarioReport {
-    if matches!(scenario, Scenario::Orders | Scenario::Push) {
+    if matches!(scenario, Scenario::Push) {
         return not_implemented(scenario);
     }
     let binary = match binary {
@@ -68,7 +68,8 @@ pub async fn run(
         Scenario::Reserve => reserve(&fixture, options).await,
         Scenario::ReserveHot => reserve_hot(&fixture, options).await,
         Scenario::Events => events::run(&fixture, options).await,
-        Scenario::Orders | Scenario::Push => Ok(not_implemented(scenario)),
+        Scenario::Orders => crate::bench::orders::run(&fixture, options).await,
+        Scenario::Push => Ok(not_implemented(scenario)),
     };
     let teardown = fixture.finish().await;
     match outcome {
@@ -93,10 +94,7 @@ fn load_average() -> String {
 }
 
 fn not_implemented(scenario: Scenario) -> ScenarioReport {
-    let owner = match scenario {
-        Scenario::Orders => "the orders service",
-        _ => "the notifications service",
-    };
+    let owner = "the notifications service";
     ScenarioReport {
         figure: Figure::empty(scenario.name()),
         baseline_name: None,
