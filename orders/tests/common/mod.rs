@@ -424,7 +424,14 @@ pub async fn delete_queues(prefix: &str) {
                     .await;
             }
         }
-        for queue in PROBES.lock().unwrap().drain(..) {
+        let probes: Vec<String> = PROBES
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|q| q.starts_with(prefix))
+            .cloned()
+            .collect();
+        for queue in probes {
             let _ = channel
                 .queue_delete(
                     queue.as_str().into(),
