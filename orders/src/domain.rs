@@ -1,7 +1,5 @@
 //! Pure order rules: the life cycle, pickup codes, request checks. No I/O.
 
-use shared::problem::Validation;
-
 /// Most lines in one order.
 pub const MAX_LINES: usize = 100;
 /// Largest quantity of one line.
@@ -31,21 +29,7 @@ pub const CANCELLABLE: [&str; 4] = ["pending", "confirmed", "picking", "ready_fo
 /// The states in which an order holds stock in inventory.
 pub const HOLDING: [&str; 3] = ["confirmed", "picking", "ready_for_pickup"];
 
-/// Whether `code` is a store id or SKU: `[A-Za-z0-9._-]{1,64}`.
-pub fn is_code(code: &str) -> bool {
-    !code.is_empty()
-        && code.len() <= 64
-        && code
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
-/// Checks a store id or SKU field.
-pub fn check_code(v: &mut Validation, field: &str, code: &str) {
-    if !is_code(code) {
-        v.add(field, "must match [A-Za-z0-9._-]{1,64}");
-    }
-}
+pub use shared::codes::{check_code, is_code};
 
 /// The language of a locale tag (`fr-FR` → `fr`); `None` when it is not a tag.
 pub fn locale(tag: &str) -> Option<String> {

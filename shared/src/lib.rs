@@ -17,6 +17,7 @@
 //! - [`testing`]: fresh databases and broker prefixes for tests.
 
 pub mod auth;
+pub mod codes;
 pub mod config;
 pub mod db;
 pub mod events;

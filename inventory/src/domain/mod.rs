@@ -13,21 +13,7 @@ pub const MAX_BULK_ITEMS: usize = 10_000;
 /// Most stores, and most SKUs, in one availability batch.
 pub const MAX_BATCH_SIDE: usize = 100;
 
-/// Whether `code` is a store id or SKU: `[A-Za-z0-9._-]{1,64}`.
-pub fn is_code(code: &str) -> bool {
-    !code.is_empty()
-        && code.len() <= 64
-        && code
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
-/// Checks a store id or SKU field.
-pub fn check_code(v: &mut Validation, field: &str, code: &str) {
-    if !is_code(code) {
-        v.add(field, "must match [A-Za-z0-9._-]{1,64}");
-    }
-}
+pub use shared::codes::{check_code, is_code};
 
 /// Checks a positive quantity.
 pub fn check_quantity(v: &mut Validation, field: &str, quantity: i64) {
