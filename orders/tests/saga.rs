@@ -740,3 +740,60 @@ async fn history_len(s: &Stack, id: &str) -> i64 {
     ))
     .await
 }
+
+#[tokio::test]
+async fn inventorys_answer_delivered_three_times_moves_the_order_once() {
+    let mut s = spawn().await;
+    s.store("S1").await;
+    // Inventory is away: the answer is ours to send, as often as a broker might.
+    s.inventory.shutdown.cancel();
+    s.inventory.task.take().unwrap().await.unwrap().unwrap();
+    let probe = Probe::open(&s.prefix, "orders.order.confirmed").await;
+    let id = s.place("alice", "S1", &[("A", 1)]).await;
+    let broker = shared::messaging::Broker::connect(
+        &shared::testing::amqp_url(),
+        shared::messaging::Topology::new(s.prefix.clone()),
+    )
+    .await
+    .unwrap();
+    let publisher = shared::messaging::Publisher::new(broker.clone());
+    let reservation_id = uuid::Uuid::now_v7();
+    let answer = shared::events::Envelope::new(
+        shared::events::types::RESERVATION_CONFIRMED,
+        "inventory",
+        shared::events::ReservationConfirmed {
+            reservation_id,
+            order_id: Some(id.parse().unwrap()),
+            store_id: "S1".into(),
+            lines: vec![shared::events::Line {
+                sku: "A".into(),
+                quantity: 1,
+            }],
+            expires_at: chrono::Utc::now() + chrono::Duration::days(14),
+        },
+        None,
+    )
+    .into_json()
+    .unwrap();
+    for _ in 0..3 {
+        publisher.publish(&answer).await.unwrap();
+    }
+    // And a second envelope of the same answer (a duplicate from the publisher's side).
+    let mut again = answer.clone();
+    again.id = uuid::Uuid::now_v7();
+    publisher.publish(&again).await.unwrap();
+    s.wait_status(&id, "confirmed").await;
+    let events = probe.collect(Duration::from_millis(1500)).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(history_len(&s, &id).await, 2);
+    assert_eq!(
+        s.order(&id, &customer("alice")).await["reservation_id"],
+        reservation_id.to_string()
+    );
+    broker.close().await;
+    for o in &mut s.orders {
+        o.shutdown.cancel();
+        o.task.take().unwrap().await.unwrap().unwrap();
+    }
+    delete_queues(&s.prefix).await;
+}
