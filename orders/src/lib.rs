@@ -97,7 +97,10 @@ impl Application {
                 tokio::spawn(async move { relay.run(stop).await })
             },
         ];
-        // One delivery at a time: an order's answers are applied in the order published.
+        // Orders are independent, so several deliveries at once (half the pool at most, so
+        // HTTP keeps connections). One order's answers may then be applied out of order;
+        // each handler locks the order and every transition is conditional on its status,
+        // so a late answer changes nothing (see `saga`).
         let consumer = Consumer::new(
             consumer_broker.clone(),
             db.clone(),
@@ -105,7 +108,8 @@ impl Application {
             shared::messaging::bindings_of(SERVICE),
             saga::InventoryAnswers,
         )
-        .with_prefetch(64);
+        .with_prefetch(64)
+        .with_concurrency(usize::try_from((base.database_pool_size / 2).clamp(1, 16)).unwrap_or(1));
         let consumers = vec![tokio::spawn(consumer.run(consumers_stop.clone()))];
 
         let state = web::Data::new(api::AppState { db: db.clone() });

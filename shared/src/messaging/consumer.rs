@@ -336,6 +336,8 @@ impl<H: EventHandler> Consumer<H> {
             return Err(err);
         }
         txn.commit().await?;
+        // What the handler wrote to the outbox is committed now: publish it at once.
+        crate::outbox::wake_local_relays();
         Ok(())
     }
 
