@@ -118,9 +118,9 @@ async fn seed_orders(
     for (n, (sku, quantity)) in [
         ("SKU-00010", 1),
         ("SKU-00011", 1),
-        ("SKU-00012", 2),
-        ("SKU-00013", 1),
+        ("SKU-00013", 2),
         ("SKU-00014", 1),
+        ("SKU-00016", 1),
         ("SKU-00005", 10_000),
     ]
     .into_iter()
@@ -170,6 +170,7 @@ async fn seed_orders(
             .json(&body)
             .send()
             .await?;
+        anyhow::ensure!(r.status().is_success(), "{action} {id}: {}", r.text().await?);
         Ok(r.json().await?)
     };
     // [0] stays confirmed; [1] picking; [2] ready; [3] collected; [4] cancelled; [5] rejected.
