@@ -797,3 +797,44 @@ async fn inventorys_answer_delivered_three_times_moves_the_order_once() {
     }
     delete_queues(&s.prefix).await;
 }
+
+#[tokio::test]
+async fn an_order_that_is_over_refuses_every_step() {
+    let s = spawn().await;
+    s.store("S1").await;
+    s.stock("S1", "A", 1).await;
+    let st = staff(&["S1"]);
+    let collected = s.place("alice", "S1", &[("A", 1)]).await;
+    s.wait_status(&collected, "confirmed").await;
+    let code = s.make_ready(&collected, "S1", "alice").await;
+    let r = s
+        .post(
+            &format!("/v1/orders/{collected}/collect"),
+            &st,
+            json!({"pickup_code": code}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let rejected = s.place("alice", "S1", &[("A", 5)]).await;
+    s.wait_status(&rejected, "rejected").await;
+    for (id, status) in [(&collected, "collected"), (&rejected, "rejected")] {
+        let before = history_len(&s, id).await;
+        for (path, body) in [
+            ("start-picking", json!({})),
+            ("ready", json!({})),
+            ("collect", json!({"pickup_code": "123456"})),
+            ("unlock-pickup", json!({})),
+            ("cancel", json!({"reason": "too late"})),
+        ] {
+            let p = problem(
+                s.post(&format!("/v1/orders/{id}/{path}"), &st, body).await,
+                StatusCode::CONFLICT,
+            )
+            .await;
+            assert_eq!(p["order_status"], status, "{path}");
+        }
+        assert_eq!(history_len(&s, id).await, before);
+        assert_eq!(s.order(id, &customer("alice")).await["status"], status);
+    }
+    s.stop().await;
+}

@@ -170,7 +170,11 @@ async fn seed_orders(
             .json(&body)
             .send()
             .await?;
-        anyhow::ensure!(r.status().is_success(), "{action} {id}: {}", r.text().await?);
+        anyhow::ensure!(
+            r.status().is_success(),
+            "{action} {id}: {}",
+            r.text().await?
+        );
         Ok(r.json().await?)
     };
     // [0] stays confirmed; [1] picking; [2] ready; [3] collected; [4] cancelled; [5] rejected.
