@@ -668,13 +668,7 @@ pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
 
 /// The OpenAPI document the code generates (committed as `orders/openapi.json`).
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    use utoipa_actix_web::AppExt;
-    let (_, doc) = actix_web::App::new()
-        .into_utoipa_app()
-        .openapi(ApiDoc::openapi())
-        .configure(routes)
-        .split_for_parts();
-    doc
+    shared::http::generated_openapi(ApiDoc::openapi(), routes)
 }
 
 /// Answers unknown paths with problem+json.

@@ -48,16 +48,7 @@ impl MigratorTrait for Migrator {
 
 /// Applies pending migrations; replicas starting together take turns on an advisory lock.
 pub async fn migrate(database_url: &str) -> Result<(), DbErr> {
-    let single = shared::db::connect(database_url, 1).await?;
-    single
-        .execute_unprepared("SELECT pg_advisory_lock(7261002)")
-        .await?;
-    let result = Migrator::up(&single, None).await;
-    single
-        .execute_unprepared("SELECT pg_advisory_unlock(7261002)")
-        .await?;
-    single.close().await?;
-    result
+    shared::db::migrate::<Migrator>(database_url, 7261002).await
 }
 
 fn stmt(sql: &str, values: Vec<Value>) -> Statement {

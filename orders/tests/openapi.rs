@@ -3,15 +3,10 @@
 
 #[test]
 fn the_committed_openapi_document_matches_the_code() {
-    let generated = shared::http::openapi_json(&orders::api::openapi());
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.json");
-    if std::env::var_os("UPDATE_OPENAPI").is_some() {
-        std::fs::write(path, &generated).unwrap();
-    }
-    let committed = std::fs::read_to_string(path).unwrap_or_default();
-    assert!(
-        committed == generated,
-        "orders/openapi.json is out of date: run `UPDATE_OPENAPI=1 cargo test -p orders --test openapi`"
+    shared::testing::assert_openapi_current(
+        &orders::api::openapi(),
+        concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.json"),
+        "orders",
     );
 }
 

@@ -75,6 +75,27 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
     Database::connect(options).await
 }
 
+/// Applies `M`'s pending migrations on one connection; replicas starting together take
+/// turns on the advisory lock `lock_key` (one per service).
+pub async fn migrate<M: sea_orm_migration::MigratorTrait>(
+    database_url: &str,
+    lock_key: i64,
+) -> Result<(), DbErr> {
+    let single = connect(database_url, 1).await?;
+    let lock = |f: &str| {
+        Statement::from_sql_and_values(
+            sea_orm::DbBackend::Postgres,
+            format!("SELECT {f}($1)"),
+            [lock_key.into()],
+        )
+    };
+    single.execute_raw(lock("pg_advisory_lock")).await?;
+    let result = M::up(&single, None).await;
+    single.execute_raw(lock("pg_advisory_unlock")).await?;
+    single.close().await?;
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::split_database_name;

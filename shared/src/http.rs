@@ -212,3 +212,18 @@ pub fn page_params(
     }
     Ok((limit, cursor))
 }
+
+/// The OpenAPI document a service generates: its top (`doc`) completed by the handlers
+/// `routes` registers.
+pub fn generated_openapi(
+    doc: utoipa::openapi::OpenApi,
+    routes: fn(&mut utoipa_actix_web::service_config::ServiceConfig),
+) -> utoipa::openapi::OpenApi {
+    use utoipa_actix_web::AppExt;
+    let (_, doc) = actix_web::App::new()
+        .into_utoipa_app()
+        .openapi(doc)
+        .configure(routes)
+        .split_for_parts();
+    doc
+}

@@ -35,3 +35,45 @@ pub async fn fresh_database(label: &str) -> (String, DatabaseConnection) {
 pub fn unique_prefix() -> String {
     format!("t{}.", &uuid::Uuid::new_v4().simple().to_string()[..12])
 }
+
+/// Deletes every service's and parking queue named with `prefix` (quorum queues are not
+/// free: each holds file handles), and the `extra` queues a test declared.
+pub async fn delete_queues(prefix: &str, extra: &[String]) {
+    let Ok(conn) =
+        lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await
+    else {
+        return;
+    };
+    if let Ok(channel) = conn.create_channel().await {
+        let topology = crate::messaging::Topology::new(prefix);
+        let named = crate::messaging::BINDINGS.iter().flat_map(|(service, _)| {
+            [
+                topology.service_queue(service),
+                topology.parking_queue(service),
+            ]
+        });
+        for queue in named.chain(extra.iter().cloned()) {
+            let _ = channel
+                .queue_delete(
+                    queue.as_str().into(),
+                    lapin::options::QueueDeleteOptions::default(),
+                )
+                .await;
+        }
+    }
+    let _ = conn.close(0, "done".into()).await;
+}
+
+/// Fails when the committed OpenAPI document at `path` differs from `generated`; with
+/// `UPDATE_OPENAPI` set, writes it first.
+pub fn assert_openapi_current(generated: &utoipa::openapi::OpenApi, path: &str, package: &str) {
+    let generated = crate::http::openapi_json(generated);
+    if std::env::var_os("UPDATE_OPENAPI").is_some() {
+        std::fs::write(path, &generated).expect("writing the OpenAPI document");
+    }
+    let committed = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "{path} is out of date: run `UPDATE_OPENAPI=1 cargo test -p {package} --test openapi`"
+    );
+}

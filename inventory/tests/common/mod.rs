@@ -363,29 +363,5 @@ pub async fn event_within(channel: &lapin::Channel, wait: Duration) -> Option<Va
 
 /// Deletes the service and parking queues named with `prefix`.
 pub async fn delete_queues(prefix: &str) {
-    let Ok(conn) = lapin::Connection::connect(
-        &shared::testing::amqp_url(),
-        lapin::ConnectionProperties::default(),
-    )
-    .await
-    else {
-        return;
-    };
-    if let Ok(channel) = conn.create_channel().await {
-        let topology = shared::messaging::Topology::new(prefix);
-        for (service, _) in shared::messaging::BINDINGS {
-            for queue in [
-                topology.service_queue(service),
-                topology.parking_queue(service),
-            ] {
-                let _ = channel
-                    .queue_delete(
-                        queue.as_str().into(),
-                        lapin::options::QueueDeleteOptions::default(),
-                    )
-                    .await;
-            }
-        }
-    }
-    let _ = conn.close(0, "done".into()).await;
+    shared::testing::delete_queues(prefix, &[]).await;
 }

@@ -401,46 +401,14 @@ pub async fn problem(r: Response, status: StatusCode) -> Value {
 
 /// Deletes the service, parking and probe queues of the test's prefix.
 pub async fn delete_queues(prefix: &str) {
-    let Ok(conn) = lapin::Connection::connect(
-        &shared::testing::amqp_url(),
-        lapin::ConnectionProperties::default(),
-    )
-    .await
-    else {
-        return;
-    };
-    if let Ok(channel) = conn.create_channel().await {
-        let topology = shared::messaging::Topology::new(prefix);
-        for (service, _) in shared::messaging::BINDINGS {
-            for queue in [
-                topology.service_queue(service),
-                topology.parking_queue(service),
-            ] {
-                let _ = channel
-                    .queue_delete(
-                        queue.as_str().into(),
-                        lapin::options::QueueDeleteOptions::default(),
-                    )
-                    .await;
-            }
-        }
-        let probes: Vec<String> = PROBES
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|q| q.starts_with(prefix))
-            .cloned()
-            .collect();
-        for queue in probes {
-            let _ = channel
-                .queue_delete(
-                    queue.as_str().into(),
-                    lapin::options::QueueDeleteOptions::default(),
-                )
-                .await;
-        }
-    }
-    let _ = conn.close(0, "done".into()).await;
+    let probes: Vec<String> = PROBES
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|q| q.starts_with(prefix))
+        .cloned()
+        .collect();
+    shared::testing::delete_queues(prefix, &probes).await;
 }
 
 static PROBES: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
