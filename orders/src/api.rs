@@ -670,8 +670,3 @@ pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
 pub fn openapi() -> utoipa::openapi::OpenApi {
     shared::http::generated_openapi(ApiDoc::openapi(), routes)
 }
-
-/// Answers unknown paths with problem+json.
-pub fn default_service() -> actix_web::Route {
-    web::route().to(shared::problem::not_found_route)
-}

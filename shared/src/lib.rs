@@ -14,6 +14,7 @@
 //! - [`config`]: typed settings from the environment.
 //! - [`telemetry`]: JSON tracing logs.
 //! - [`shutdown`]: a signal every worker can wait on.
+//! - [`service`]: the run time every service shares (connect, serve, drain in order).
 //! - [`testing`]: fresh databases and broker prefixes for tests.
 
 pub mod auth;
@@ -27,6 +28,7 @@ pub mod inbox;
 pub mod messaging;
 pub mod outbox;
 pub mod problem;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 pub mod testing;

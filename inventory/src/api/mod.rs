@@ -6,7 +6,7 @@ pub mod stock;
 pub mod stores;
 
 use crate::view::AvailabilityView;
-use actix_web::{HttpRequest, HttpResponse, http::StatusCode, web};
+use actix_web::{HttpRequest, HttpResponse, http::StatusCode};
 use sea_orm::DatabaseConnection;
 use shared::auth::Caller;
 use shared::http::BearerAuth;
@@ -83,9 +83,4 @@ pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
 /// The OpenAPI document the code generates (committed as `inventory/openapi.json`).
 pub fn openapi() -> utoipa::openapi::OpenApi {
     shared::http::generated_openapi(ApiDoc::openapi(), routes)
-}
-
-/// Answers unknown paths with problem+json.
-pub fn default_service() -> actix_web::Route {
-    web::route().to(shared::problem::not_found_route)
 }
