@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The local stack: `up` runs the whole system with demo data, `test` runs every test,
-# `stop` stops what `up --detach` started. Needs PostgreSQL and RabbitMQ installed
+# `smoke` checks `up` end to end, `stop` stops what `up --detach` started. Needs PostgreSQL and RabbitMQ installed
 # (it starts them when they are down) and the Rust toolchain of rust-toolchain.toml.
 set -euo pipefail
 
@@ -8,8 +8,10 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/clickcollect-target}"
 RUN_DIR="${CLICKCOLLECT_RUN_DIR:-$HOME/.cache/clickcollect/run}"
 PG_HOST=127.0.0.1
-SERVICES=(inventory orders)
-declare -A PORTS=([inventory]=8081 [orders]=8082)
+SERVICES=(inventory orders notifications)
+declare -A PORTS=([inventory]=8081 [orders]=8082 [notifications]=8083)
+# The demo's stand-in Web Push service (a browser's push service, on loopback).
+RECEIVER_PORT=8090
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -75,7 +77,7 @@ cmd_test() {
 }
 
 stop_services() {
-  for svc in "${SERVICES[@]}"; do
+  for svc in "${SERVICES[@]}" push-receiver; do
     local pidfile="$RUN_DIR/$svc.pid"
     [ -f "$pidfile" ] || continue
     local pid
@@ -107,19 +109,33 @@ cmd_up() {
   ensure_broker_app
   cd "$ROOT"
   say "building (release)"
-  cargo build --release -p inventory -p orders -p e2e --bin inventory --bin orders --bin seed --bin devtoken
+  cargo build --release -p inventory -p orders -p notifications -p e2e \
+    --bin inventory --bin orders --bin notifications --bin seed --bin devtoken --bin push_receiver
   mkdir -p "$RUN_DIR"
   stop_services
+  # Each service creates its database when it is missing and applies its migrations.
   for svc in "${SERVICES[@]}"; do
     say "starting $svc on :${PORTS[$svc]} (log: $RUN_DIR/$svc.log)"
-    BIND_ADDR="127.0.0.1:${PORTS[$svc]}" RUST_LOG="${RUST_LOG:-info}" \
+    # Local only: the demo's push service is plain http on loopback.
+    BIND_ADDR="127.0.0.1:${PORTS[$svc]}" RUST_LOG="${RUST_LOG:-info}" PUSH_ALLOW_HTTP_ENDPOINTS=true \
       setsid "$CARGO_TARGET_DIR/release/$svc" >"$RUN_DIR/$svc.log" 2>&1 &
     echo $! >"$RUN_DIR/$svc.pid"
   done
+  say "starting the demo push receiver on :$RECEIVER_PORT (log: $RUN_DIR/push-receiver.log)"
+  rm -f "$RUN_DIR/webpush-subscription.json"
+  setsid "$CARGO_TARGET_DIR/release/push_receiver" "127.0.0.1:$RECEIVER_PORT" "$RUN_DIR/webpush-subscription.json" \
+    >"$RUN_DIR/push-receiver.log" 2>&1 &
+  echo $! >"$RUN_DIR/push-receiver.pid"
   for svc in "${SERVICES[@]}"; do wait_ready "$svc" "${PORTS[$svc]}"; done
+  for _ in $(seq 1 50); do [ -s "$RUN_DIR/webpush-subscription.json" ] && break; sleep 0.2; done
   if [ "$(curl -sf http://127.0.0.1:8081/v1/stores | grep -c store_id || true)" = "0" ]; then
     say "loading demo data"
-    "$CARGO_TARGET_DIR/release/seed" http://127.0.0.1:8081 http://127.0.0.1:8082
+    DEMO_WEBPUSH_SUBSCRIPTION="$RUN_DIR/webpush-subscription.json" \
+      "$CARGO_TARGET_DIR/release/seed" http://127.0.0.1:8081 http://127.0.0.1:8082 http://127.0.0.1:8083
+  else
+    # The receiver's keys are new at every start: register them again.
+    DEMO_WEBPUSH_SUBSCRIPTION="$RUN_DIR/webpush-subscription.json" \
+      "$CARGO_TARGET_DIR/release/seed" --device-only http://127.0.0.1:8081 http://127.0.0.1:8082 http://127.0.0.1:8083
   fi
   local tok="$CARGO_TARGET_DIR/release/devtoken"
   cat <<TXT
@@ -127,6 +143,8 @@ cmd_up() {
 clickcollect is up.
   inventory      http://127.0.0.1:8081   Swagger UI http://127.0.0.1:8081/docs/
   orders         http://127.0.0.1:8082   Swagger UI http://127.0.0.1:8082/docs/
+  notifications  http://127.0.0.1:8083   Swagger UI http://127.0.0.1:8083/docs/
+  push receiver  http://127.0.0.1:$RECEIVER_PORT   (demo-customer's browser; pushes it gets: $RUN_DIR/push-receiver.log)
   logs           $RUN_DIR/*.log
 
 Development tokens (12 h, signed with the development secret):
@@ -151,9 +169,54 @@ TXT
   done
 }
 
+json_field() { python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }
+
+# The README's first command, checked end to end: bring the system up with demo data,
+# check every service is ready, walk an order from checkout to the counter (with the push
+# arriving at the demo receiver), stop, and make sure nothing is left running.
+cmd_smoke() {
+  cmd_up --detach
+  for svc in "${SERVICES[@]}"; do
+    curl -sf "http://127.0.0.1:${PORTS[$svc]}/health/ready" >/dev/null || die "$svc is not ready"
+  done
+  local tok="$CARGO_TARGET_DIR/release/devtoken" customer staff order code status=""
+  customer="$("$tok" customer demo-customer)"
+  staff="$("$tok" staff demo-staff PAR-LOUVRE)"
+  say "smoke: placing an order"
+  order="$(curl -sf -X POST http://127.0.0.1:8082/v1/orders -H "Authorization: Bearer $customer" \
+    -H 'Content-Type: application/json' \
+    -d '{"store_id":"PAR-LOUVRE","lines":[{"sku":"SKU-00020","quantity":1,"unit_price_cents":499}],"contact":{"locale":"fr-FR"}}' |
+    json_field id)"
+  for _ in $(seq 1 100); do
+    status="$(curl -sf "http://127.0.0.1:8082/v1/orders/$order" -H "Authorization: Bearer $customer" | json_field status)"
+    [ "$status" = confirmed ] && break
+    sleep 0.2
+  done
+  [ "$status" = confirmed ] || die "smoke: order $order is $status, not confirmed"
+  for step in start-picking ready; do
+    curl -sf -X POST "http://127.0.0.1:8082/v1/orders/$order/$step" -H "Authorization: Bearer $staff" \
+      -H 'Content-Type: application/json' -d '{}' >/dev/null || die "smoke: $step failed"
+  done
+  code="$(curl -sf "http://127.0.0.1:8082/v1/orders/$order" -H "Authorization: Bearer $customer" | json_field pickup_code)"
+  for _ in $(seq 1 100); do
+    grep -q "$code" "$RUN_DIR/push-receiver.log" 2>/dev/null && break
+    sleep 0.2
+  done
+  grep "$order" "$RUN_DIR/push-receiver.log" | grep -q "$code" || die "smoke: no push with code $code reached the receiver"
+  say "smoke: the push reached the demo browser: $(grep "$code" "$RUN_DIR/push-receiver.log" | head -n 1)"
+  curl -sf -X POST "http://127.0.0.1:8082/v1/orders/$order/collect" -H "Authorization: Bearer $staff" \
+    -H 'Content-Type: application/json' -d "{\"pickup_code\":\"$code\"}" >/dev/null || die "smoke: collect failed"
+  stop_services
+  local left
+  left="$(pgrep -f "$CARGO_TARGET_DIR/release/(inventory|orders|notifications|push_receiver)( |$)" || true)"
+  [ -z "$left" ] || die "smoke: processes left behind: $left"
+  say "smoke: up, ready, journey with push, stopped, nothing left running"
+}
+
 case "${1:-up}" in
   up) shift || true; cmd_up "$@" ;;
   test) cmd_test ;;
   stop) stop_services ;;
-  *) die "usage: deploy/local.sh up [--detach] | test | stop" ;;
+  smoke) cmd_smoke ;;
+  *) die "usage: deploy/local.sh up [--detach] | test | smoke | stop" ;;
 esac

@@ -29,17 +29,7 @@ pub const CANCELLABLE: [&str; 4] = ["pending", "confirmed", "picking", "ready_fo
 /// The states in which an order holds stock in inventory.
 pub const HOLDING: [&str; 3] = ["confirmed", "picking", "ready_for_pickup"];
 
-pub use shared::codes::{check_code, is_code};
-
-/// The language of a locale tag (`fr-FR` → `fr`); `None` when it is not a tag.
-pub fn locale(tag: &str) -> Option<String> {
-    let ok = (2..=35).contains(&tag.len())
-        && tag.split(['-', '_']).all(|part| {
-            (1..=8).contains(&part.len()) && part.bytes().all(|b| b.is_ascii_alphanumeric())
-        })
-        && tag.as_bytes()[..2].iter().all(u8::is_ascii_alphabetic);
-    ok.then(|| tag.replace('_', "-"))
-}
+pub use shared::codes::{check_code, is_code, locale};
 
 /// A fresh 6-digit pickup code from the operating system's random source.
 pub fn pickup_code() -> String {
@@ -77,15 +67,5 @@ mod tests {
         assert!(!code_matches("01234", "012345"));
         assert!(!code_matches("0123456", "012345"));
         assert!(!code_matches("", "012345"));
-    }
-
-    #[test]
-    fn locales_are_language_tags() {
-        assert_eq!(locale("fr").as_deref(), Some("fr"));
-        assert_eq!(locale("fr_FR").as_deref(), Some("fr-FR"));
-        assert_eq!(locale("en-GB").as_deref(), Some("en-GB"));
-        assert_eq!(locale("x"), None);
-        assert_eq!(locale("12-FR"), None);
-        assert_eq!(locale("fr FR"), None);
     }
 }

@@ -220,6 +220,12 @@ pub fn wake_local_relays() {
     LOCAL_ENQUEUES.send_modify(|count| *count = count.wrapping_add(1));
 }
 
+/// Ticks whenever [`wake_local_relays`] is called in this process: other workers that act
+/// on rows committed by this process's writers (a push sender, say) wait on it too.
+pub fn local_commits() -> watch::Receiver<u64> {
+    LOCAL_ENQUEUES.subscribe()
+}
+
 /// Rows not published yet (a gauge for metrics and alerts).
 pub async fn pending_count(conn: &impl ConnectionTrait) -> Result<u64, DbErr> {
     let row = conn

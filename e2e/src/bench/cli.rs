@@ -27,7 +27,7 @@ pub enum Scenario {
     Events,
     /// Order placed → confirmed (the orders service; not built yet).
     Orders,
-    /// Order ready → push received (the notifications service; not built yet).
+    /// Order ready → push received by a local Web Push service (three services).
     Push,
 }
 

@@ -6,6 +6,7 @@ use crate::bench::auth::Tokens;
 use crate::bench::broker;
 use crate::bench::cli::{Options, Scenario};
 use crate::bench::postgres::Database;
+use crate::bench::report::ScenarioReport;
 use crate::bench::service::{Service, ServiceConfig};
 use anyhow::Context;
 use std::path::{Path, PathBuf};
@@ -66,6 +67,7 @@ impl Fixture {
             amqp_prefix: amqp_prefix.clone(),
             jwt_secret: jwt_secret.clone(),
             log_path: workdir.join("inventory.log"),
+            extra_env: Vec::new(),
         };
         eprintln!(
             "[{}] database {db_name}, broker prefix {amqp_prefix}, starting inventory",
@@ -188,4 +190,59 @@ fn indent(text: &str) -> String {
         .map(|l| format!("    {l}"))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+impl Fixture {
+    /// Starts another service (`orders`, `notifications`) on a fresh database of its own,
+    /// beside the fixture's inventory, on the same broker prefix and secret.
+    pub async fn start_beside(
+        &self,
+        name: &str,
+        options: &Options,
+        extra_env: Vec<(String, String)>,
+    ) -> anyhow::Result<(Service, Database)> {
+        let binary = crate::bench::service::binary(name)?;
+        let run = &uuid::Uuid::new_v4().simple().to_string()[..8];
+        let database = Database::create(&format!("bench_{name}_svc_{run}"), options.keep).await?;
+        let service = Service::start(&ServiceConfig {
+            binary,
+            database_url: database.url(),
+            amqp_url: self.amqp_url.clone(),
+            amqp_prefix: self.amqp_prefix.clone(),
+            jwt_secret: self.jwt_secret.clone(),
+            log_path: self.workdir.join(format!("{name}.log")),
+            extra_env,
+        })
+        .await?;
+        Ok((service, database))
+    }
+
+    /// Stops a service of [`Fixture::start_beside`], noting in `report` what it logged
+    /// amiss and how it exited, and drops its database.
+    pub async fn stop_beside(
+        &self,
+        name: &str,
+        mut service: Service,
+        database: Database,
+        report: &mut ScenarioReport,
+    ) -> anyhow::Result<()> {
+        let (problems, messages) = service.log_problems(5);
+        if problems > 0 {
+            report
+                .notes
+                .push(format!("{name} logged {problems} warning/error line(s):"));
+            report
+                .notes
+                .extend(messages.into_iter().map(|m| format!("  {m}")));
+        }
+        match service.stop().await {
+            Ok(status) if status.success() => {}
+            Ok(status) => report.notes.push(format!(
+                "{name} ended with {status} on SIGTERM (expected 0)"
+            )),
+            Err(err) => report.notes.push(format!("stopping {name}: {err:#}")),
+        }
+        drop(service);
+        database.drop_now().await
+    }
 }

@@ -26,6 +26,7 @@ pub mod events;
 pub mod fixture;
 pub mod orders;
 pub mod postgres;
+pub mod push;
 pub mod report;
 pub mod scenarios;
 pub mod service;

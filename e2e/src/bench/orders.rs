@@ -9,10 +9,8 @@ use crate::bench::broker::{Listener, events_exchange};
 use crate::bench::cli::Options;
 use crate::bench::driver::{micros, quantile_ms};
 use crate::bench::fixture::Fixture;
-use crate::bench::postgres::Database;
 use crate::bench::report::{Figure, ScenarioReport};
 use crate::bench::scenarios::{load, sku, store_id};
-use crate::bench::service::{self, Service, ServiceConfig};
 use hdrhistogram::Histogram;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -43,38 +41,12 @@ pub async fn run(fixture: &Fixture, options: &Options) -> anyhow::Result<Scenari
     )
     .await
     .map_err(|_| anyhow::anyhow!("binding a queue on {exchange} took over 60 s"))??;
-    let binary = service::binary("orders")?;
-    let run = &uuid::Uuid::new_v4().simple().to_string()[..8];
-    let database = Database::create(&format!("bench_orders_svc_{run}"), options.keep).await?;
-    let mut orders = Service::start(&ServiceConfig {
-        binary,
-        database_url: database.url(),
-        amqp_url: fixture.amqp_url.clone(),
-        amqp_prefix: fixture.amqp_prefix.clone(),
-        jwt_secret: fixture.jwt_secret.clone(),
-        log_path: fixture.workdir.join("orders.log"),
-    })
-    .await?;
+    let (orders, database) = fixture.start_beside("orders", options, Vec::new()).await?;
     let result = measure(fixture, options, &listener, &orders.base_url).await;
     let mut report = result?;
-    let (problems, messages) = orders.log_problems(5);
-    if problems > 0 {
-        report
-            .notes
-            .push(format!("orders logged {problems} warning/error line(s):"));
-        report
-            .notes
-            .extend(messages.into_iter().map(|m| format!("  {m}")));
-    }
-    match orders.stop().await {
-        Ok(status) if status.success() => {}
-        Ok(status) => report.notes.push(format!(
-            "orders ended with {status} on SIGTERM (expected 0)"
-        )),
-        Err(err) => report.notes.push(format!("stopping orders: {err:#}")),
-    }
-    drop(orders);
-    database.drop_now().await?;
+    fixture
+        .stop_beside("orders", orders, database, &mut report)
+        .await?;
     listener.close().await;
     Ok(report)
 }
@@ -241,7 +213,7 @@ async fn measure(
 }
 
 /// Whether the orders service takes an order at every store (it learnt them all).
-async fn stores_known(
+pub(crate) async fn stores_known(
     http: &reqwest::Client,
     orders_url: &str,
     token: &str,

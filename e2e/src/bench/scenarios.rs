@@ -51,9 +51,6 @@ pub async fn run(
     options: &Options,
     binary: &Result<PathBuf, String>,
 ) -> ScenarioReport {
-    if matches!(scenario, Scenario::Push) {
-        return not_implemented(scenario);
-    }
     let binary = match binary {
         Ok(binary) => binary,
         Err(err) => return failed(scenario, &anyhow::anyhow!("{err}"), Vec::new()),
@@ -69,7 +66,7 @@ pub async fn run(
         Scenario::ReserveHot => reserve_hot(&fixture, options).await,
         Scenario::Events => events::run(&fixture, options).await,
         Scenario::Orders => crate::bench::orders::run(&fixture, options).await,
-        Scenario::Push => Ok(not_implemented(scenario)),
+        Scenario::Push => crate::bench::push::run(&fixture, options).await,
     };
     let teardown = fixture.finish().await;
     match outcome {
@@ -91,16 +88,6 @@ fn load_average() -> String {
         .ok()
         .and_then(|l| l.split_whitespace().next().map(str::to_owned))
         .unwrap_or_else(|| "n/a".to_owned())
-}
-
-fn not_implemented(scenario: Scenario) -> ScenarioReport {
-    let owner = "the notifications service";
-    ScenarioReport {
-        figure: Figure::empty(scenario.name()),
-        baseline_name: None,
-        notes: vec![format!("not implemented yet: it needs {owner}")],
-        failed: false,
-    }
 }
 
 fn failed(scenario: Scenario, err: &anyhow::Error, teardown: Vec<String>) -> ScenarioReport {

@@ -22,6 +22,8 @@ pub struct ServiceConfig {
     pub jwt_secret: String,
     /// Where the service's stdout and stderr go.
     pub log_path: PathBuf,
+    /// Further variables (a service's own settings).
+    pub extra_env: Vec<(String, String)>,
 }
 
 /// A running service; dropping it stops the process.
@@ -56,6 +58,7 @@ impl Service {
             .env("BIND_ADDR", format!("127.0.0.1:{port}"))
             .env("AUTH_JWT_SECRET", &config.jwt_secret)
             .env("RUST_LOG", "warn")
+            .envs(config.extra_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -1,6 +1,8 @@
 //! Loads the demo data through the public APIs: a dozen Paris stores, a few thousand SKUs
-//! with stock, reservations in each state, and click-and-collect orders in each state.
-//! `seed [INVENTORY_URL] [ORDERS_URL]`.
+//! with stock, reservations in each state, a Web Push device of the demo customer (when
+//! `DEMO_WEBPUSH_SUBSCRIPTION` names a subscription file of the local push receiver), and
+//! click-and-collect orders in each state.
+//! `seed [INVENTORY_URL] [ORDERS_URL] [NOTIFICATIONS_URL]`.
 
 use serde_json::{Value, json};
 use shared::auth::{Role, mint_for};
@@ -29,10 +31,27 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run() -> anyhow::Result<()> {
-    let base = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "http://127.0.0.1:8081".to_owned());
+    let device_only = std::env::args().any(|a| a == "--device-only");
+    let urls: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let url = |n: usize, default: &str| urls.get(n).cloned().unwrap_or_else(|| default.to_owned());
+    let base = url(0, "http://127.0.0.1:8081");
+    let orders_url = url(1, "http://127.0.0.1:8082");
+    let notifications_url = url(2, "http://127.0.0.1:8083");
     let secret = env_or("AUTH_JWT_SECRET", DEV_JWT_SECRET);
+    if device_only {
+        let customer = mint_for(&secret, "demo-customer", Role::Customer, &[], 3600)?;
+        let device = seed_device(
+            &reqwest::Client::new(),
+            &notifications_url,
+            &customer,
+            false,
+        )
+        .await?;
+        return tracing_free_print(&device);
+    }
     let admin = mint_for(&secret, "demo-admin", Role::Admin, &[], 3600)?;
     let http = reqwest::Client::new();
     for (id, name, lat, lon) in STORES {
@@ -93,15 +112,58 @@ async fn run() -> anyhow::Result<()> {
             .send()
             .await?;
     }
-    let orders_url = std::env::args()
-        .nth(2)
-        .unwrap_or_else(|| "http://127.0.0.1:8082".to_owned());
+    let device = seed_device(&http, &notifications_url, &customer, true).await?;
     let orders = seed_orders(&http, &orders_url, &customer, &staff).await?;
     tracing_free_print(&format!(
         "seeded {} stores, {} stock levels, 3 reservations (active, committed, released), \
-         orders: {orders}",
+         orders: {orders}; {device}",
         STORES.len(),
         items.len()
+    ))
+}
+
+/// Registers the local push receiver's subscription as the demo customer's browser, so
+/// the demo orders' pushes arrive there.
+async fn seed_device(
+    http: &reqwest::Client,
+    base: &str,
+    customer: &str,
+    with_alert: bool,
+) -> anyhow::Result<String> {
+    let Ok(path) = std::env::var("DEMO_WEBPUSH_SUBSCRIPTION") else {
+        return Ok("no Web Push device (DEMO_WEBPUSH_SUBSCRIPTION unset)".to_owned());
+    };
+    let sub: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+    // A fixed id: seeding again replaces the device instead of adding one.
+    let device = "0193a000-0000-7000-8000-00000000d3e0";
+    let r = http
+        .put(format!(
+            "{base}/v1/customers/demo-customer/devices/{device}"
+        ))
+        .bearer_auth(customer)
+        .json(
+            &json!({"kind": "webpush", "endpoint": sub["endpoint"], "locale": "fr-FR",
+                      "keys": {"p256dh": sub["p256dh"], "auth": sub["auth"]}}),
+        )
+        .send()
+        .await?;
+    anyhow::ensure!(r.status().is_success(), "device: {}", r.text().await?);
+    if !with_alert {
+        return Ok(format!(
+            "the Web Push device of demo-customer is {}",
+            sub["endpoint"]
+        ));
+    }
+    let r = http
+        .post(format!("{base}/v1/customers/demo-customer/stock-alerts"))
+        .bearer_auth(customer)
+        .json(&json!({"store_id": "PAR-LOUVRE", "sku": "SKU-00000", "product_name": "Demo product 0"}))
+        .send()
+        .await?;
+    anyhow::ensure!(r.status().is_success(), "stock alert: {}", r.text().await?);
+    Ok(format!(
+        "a Web Push device of demo-customer at {}, a back-in-stock alert on SKU-00000",
+        sub["endpoint"]
     ))
 }
 

@@ -26,7 +26,14 @@ pub const BINDINGS: &[(&str, &[&str])] = &[
             types::DELIVERY_FAILED,
         ],
     ),
-    ("notifications", &[types::STOCK_CHANGED, "orders.order.*"]),
+    (
+        "notifications",
+        &[
+            types::STORE_UPSERTED,
+            types::STOCK_CHANGED,
+            "orders.order.*",
+        ],
+    ),
 ];
 
 /// The routing keys `service` consumes.

@@ -1,0 +1,121 @@
+//! The notifications service: the customer's phone or browser hears of their order, and
+//! of the stock they waited for.
+//!
+//! Order events (confirmed, ready for pickup, reminder, cancelled, rejected, expired) and
+//! fired back-in-stock alerts become one delivery row per device, written in the
+//! consumer's transaction before anything is sent; the delivery worker then pushes each
+//! through Web Push, FCM or APNs, retries with backoff, removes devices the push service
+//! says are gone, and gives up (`dead`, `notifications.delivery.failed`) after the last
+//! attempt.
+//!
+//! # Layout
+//! - [`config`]: settings from the environment.
+//! - [`domain`]: pure rules (messages in French and English, retry delays).
+//! - [`store`]: every SQL call and the migrations.
+//! - [`api`]: HTTP handlers and the OpenAPI document.
+//! - [`events`]: the consumer of order, stock and store events.
+//! - [`worker`]: the delivery worker.
+//! - [`push`]: the three providers, speaking their real protocols.
+//! - [`receivers`]: local stand-ins for the push services (tests, benchmark, demo).
+
+pub mod api;
+pub mod config;
+pub mod domain;
+pub mod events;
+pub mod push;
+pub mod receivers;
+pub mod store;
+pub mod worker;
+
+use anyhow::Context;
+use config::NotificationsConfig;
+use push::Providers;
+use shared::messaging::{Consumer, Publisher};
+use shared::outbox::OutboxRelay;
+use shared::service::{Platform, Service, Tasks};
+use shared::shutdown::Shutdown;
+use std::sync::Arc;
+
+/// The queue and inbox name.
+const SERVICE: &str = "notifications";
+
+/// A built, bound service: call [`Application::run_until_stopped`].
+pub struct Application(Service);
+
+impl Application {
+    /// Connects, migrates, binds and starts the workers; stops when `shutdown` is cancelled.
+    pub async fn build(config: NotificationsConfig, shutdown: Shutdown) -> anyhow::Result<Self> {
+        let base = &config.base;
+        let platform = Platform::connect(base, async |url| store::migrate(&url).await).await?;
+        let db = platform.db.clone();
+        let providers = Arc::new(
+            Providers::new(&config.push, &db)
+                .await
+                .context("setting up the push providers")?,
+        );
+
+        let mut workers = Tasks::new();
+        let sender = worker::DeliveryWorker {
+            db: db.clone(),
+            providers: providers.clone(),
+            retry: config.retry,
+            batch: 64,
+            concurrency: config.concurrency.max(1),
+            poll_interval: config.poll_interval,
+            lease: config.lease,
+        };
+        workers.spawn(|stop| sender.run(stop));
+        let relay = OutboxRelay::new(
+            db.clone(),
+            Publisher::new(platform.broker.clone()),
+            &base.database_url,
+        );
+        workers.spawn(|stop| relay.run(stop));
+
+        // Events of different orders and SKUs are independent; stock changes carry a
+        // revision and order deliveries are keyed per (order, event), so handling several
+        // at once is safe.
+        let consumer = Consumer::new(
+            platform.consumer_broker.clone(),
+            db.clone(),
+            SERVICE,
+            events::CONSUMED_EVENTS,
+            events::Handler,
+        )
+        .with_prefetch(64)
+        .with_concurrency(Platform::consumer_concurrency(base));
+        let mut consumers = Tasks::new();
+        consumers.spawn(|stop| consumer.run(stop));
+
+        let state = actix_web::web::Data::new(api::AppState {
+            db,
+            providers,
+            allow_http_endpoints: config.allow_http_endpoints,
+        });
+        let service = Service::start(
+            base,
+            platform,
+            <api::ApiDoc as utoipa::OpenApi>::openapi(),
+            move |cfg| {
+                cfg.app_data(state.clone());
+                api::routes(cfg);
+            },
+            consumers,
+            workers,
+            shutdown,
+        )
+        .context("starting HTTP")?;
+        Ok(Self(service))
+    }
+
+    /// The bound port (tests bind port 0).
+    pub fn port(&self) -> u16 {
+        self.0.port()
+    }
+
+    /// Serves until the shutdown token is cancelled, then drains: HTTP, the consumer,
+    /// then the workers (attempts in flight are recorded, the relay publishes).
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.0.run_until_stopped().await
+    }
+}
