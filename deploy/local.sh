@@ -117,7 +117,7 @@ cmd_up() {
   for svc in "${SERVICES[@]}"; do
     say "starting $svc on :${PORTS[$svc]} (log: $RUN_DIR/$svc.log)"
     # Local only: the demo's push service is plain http on loopback.
-    BIND_ADDR="127.0.0.1:${PORTS[$svc]}" RUST_LOG="${RUST_LOG:-info}" PUSH_ALLOW_HTTP_ENDPOINTS=true \
+    BIND_ADDR="127.0.0.1:${PORTS[$svc]}" RUST_LOG="${RUST_LOG:-info}" PUSH_ALLOW_LOCAL_ENDPOINTS=true \
       setsid "$CARGO_TARGET_DIR/release/$svc" >"$RUN_DIR/$svc.log" 2>&1 &
     echo $! >"$RUN_DIR/$svc.pid"
   done
@@ -182,6 +182,11 @@ cmd_smoke() {
   local tok="$CARGO_TARGET_DIR/release/devtoken" customer staff order code status=""
   customer="$("$tok" customer demo-customer)"
   staff="$("$tok" staff demo-staff PAR-LOUVRE)"
+  # Each run takes one unit away: put it back first.
+  curl -sf -X POST http://127.0.0.1:8081/v1/stock/bulk -H "Authorization: Bearer $("$tok" admin)" \
+    -H 'Content-Type: application/json' \
+    -d '{"items":[{"store_id":"PAR-LOUVRE","sku":"SKU-00020","kind":"receipt","quantity":1}]}' >/dev/null ||
+    die "smoke: the receipt failed"
   say "smoke: placing an order"
   order="$(curl -sf -X POST http://127.0.0.1:8082/v1/orders -H "Authorization: Bearer $customer" \
     -H 'Content-Type: application/json' \

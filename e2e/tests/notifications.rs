@@ -109,36 +109,19 @@ async fn a_ready_order_reaches_the_customers_browser_once_in_french_naming_the_s
             .iter()
             .all(|d| d["status"] == "sent" && d["attempts"] == 1 && d["kind"] == "webpush")
     );
-    let theirs: Value = s
-        .notif(
-            0,
-            Method::GET,
-            &format!("/v1/notifications?order_id={order}"),
-            Some(&customer("bob")),
-            None,
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(
-        theirs["items"].as_array().unwrap().len(),
-        0,
-        "another customer sees nothing"
-    );
-    let other_store: Value = s
-        .notif(
-            0,
-            Method::GET,
-            &format!("/v1/notifications?order_id={order}"),
-            Some(&staff(&["LYON"])),
-            None,
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(other_store["items"].as_array().unwrap().len(), 0);
+    // Another customer, another store's staff: as if the order did not exist.
+    for token in [customer("bob"), staff(&["LYON"])] {
+        let r = s
+            .notif(
+                0,
+                Method::GET,
+                &format!("/v1/notifications?order_id={order}"),
+                Some(&token),
+                None,
+            )
+            .await;
+        problem(r, StatusCode::NOT_FOUND).await;
+    }
     let own_store: Value = s
         .notif(
             0,
@@ -358,6 +341,116 @@ async fn fcm_and_apns_devices_get_the_ready_push_with_tokens_their_services_acce
     s.stop().await;
 }
 
+#[tokio::test]
+async fn a_provider_that_is_not_configured_fails_its_deliveries_and_the_rest_still_go_out() {
+    let s = Stack::spawn_with(Options {
+        fcm: false,
+        ..Options::default()
+    })
+    .await;
+    s.store(STORE, STORE_NAME).await;
+    s.count(STORE, "SKU-1", 5).await;
+    let r = s
+        .notif(
+            0,
+            Method::PUT,
+            &format!("/v1/customers/alice/devices/{}", Uuid::now_v7()),
+            Some(&customer("alice")),
+            Some(json!({"kind": "fcm", "token": "fcm-token"})),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    s.register_webpush("alice", None).await;
+    let order = confirmed_order(&s, "alice", "en").await;
+    eventually("both deliveries are settled", || async {
+        let log = s.deliveries_of(&order).await;
+        log.len() == 2
+            && log
+                .iter()
+                .all(|d| d["status"] != "pending" && d["status"] != "retrying")
+    })
+    .await;
+    let log = s.deliveries_of(&order).await;
+    let fcm = log.iter().find(|d| d["kind"] == "fcm").unwrap();
+    assert_eq!(fcm["status"], "failed");
+    assert!(
+        fcm["last_error"].as_str().unwrap().contains("disabled"),
+        "{fcm}"
+    );
+    let web = log.iter().find(|d| d["kind"] == "webpush").unwrap();
+    assert_eq!(web["status"], "sent");
+    assert_eq!(s.fcm.attempts("fcm-token"), 0);
+    let r = s.notif(0, Method::GET, "/health/ready", None, None).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn rejected_cancelled_and_reminded_orders_are_pushed_in_the_customers_language() {
+    let s = stack_with_store().await;
+    // A store whose pickup window (1 h) is within the reminder lead (1 h in the stack):
+    // the reminder is due as soon as the order is ready.
+    let r = s
+        .inv(
+            0,
+            Method::PUT,
+            "/v1/stores/QUICK",
+            Some(&admin()),
+            Some(
+                json!({"name": "Quick Store", "latitude": 48.85, "longitude": 2.35,
+                         "timezone": "Europe/Paris", "pickup_enabled": true,
+                         "low_stock_threshold": 2, "pickup_window_hours": 1}),
+            ),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let known = "SELECT count(*) FROM stores WHERE store_id = 'QUICK'";
+    eventually("orders and notifications know QUICK", || async {
+        scalar(&s.orders_db, known).await == 1 && scalar(&s.notifications_db, known).await == 1
+    })
+    .await;
+    s.count(STORE, "SKU-1", 1).await;
+    s.count("QUICK", "SKU-1", 1).await;
+    s.register_webpush("alice", Some("fr")).await;
+    let rejected = s.place_on(0, "alice", STORE, &[("SKU-1", 5)], "fr").await;
+    s.wait_status(&rejected, "rejected").await;
+    let cancelled = confirmed_order(&s, "alice", "fr").await;
+    let r = s
+        .ord(
+            0,
+            Method::POST,
+            &format!("/v1/orders/{cancelled}/cancel"),
+            Some(&customer("alice")),
+            Some(json!({"reason": "changed my mind"})),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let reminded = s.place_on(0, "alice", "QUICK", &[("SKU-1", 1)], "fr").await;
+    s.wait_status(&reminded, "confirmed").await;
+    s.make_ready_on(0, &reminded, "QUICK", "alice").await;
+    // rejected; confirmed + cancelled; confirmed + ready + reminder.
+    let pushes = s.webpush.wait_for(6, Duration::from_secs(20)).await;
+    let title_of = |order: &str, event: &str| {
+        pushes
+            .iter()
+            .filter(|p| p.data["order_id"] == order && p.data["event_type"] == event)
+            .map(|p| p.title.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(title_of(&rejected, "rejected"), ["Commande non acceptée"]);
+    assert_eq!(title_of(&cancelled, "cancelled"), ["Commande annulée"]);
+    assert_eq!(
+        title_of(&reminded, "pickup_reminder"),
+        ["Votre commande vous attend"]
+    );
+    let reminder = pushes
+        .iter()
+        .find(|p| p.data["event_type"] == "pickup_reminder")
+        .unwrap();
+    assert!(reminder.body.contains("Quick Store"), "{}", reminder.body);
+    s.stop().await;
+}
+
 /// The next stock.changed of a level as notifications saw it: `(revision, available)`.
 async fn seen(s: &Stack, sku: &str) -> Option<(i64, i64)> {
     let sql =
@@ -425,6 +518,21 @@ async fn a_back_in_stock_alert_fires_once_when_a_receipt_makes_it_available_and_
             scalar(&s.notifications_db, &inbox).await == 1
         })
         .await;
+        assert_eq!(
+            seen(&s, "DOLI-1000").await,
+            Some((revision, 0)),
+            "a stale change is not recorded"
+        );
+        let waiting = scalar(
+            &s.notifications_db,
+            "SELECT count(*) FROM stock_alerts WHERE status = 'waiting'",
+        )
+        .await;
+        assert_eq!(waiting, 1, "a stale change fires nothing");
+        assert_eq!(
+            scalar(&s.notifications_db, "SELECT count(*) FROM deliveries").await,
+            0
+        );
     }
     // Not enough yet.
     s.receipt(STORE, "DOLI-1000", 1).await;
@@ -485,6 +593,83 @@ async fn a_back_in_stock_alert_fires_once_when_a_receipt_makes_it_available_and_
     assert_eq!(
         problem(r, StatusCode::CONFLICT).await["alert_status"],
         "fired"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn an_alert_asked_for_stock_already_on_the_shelf_fires_at_once() {
+    let s = stack_with_store().await;
+    s.count(STORE, "SOAP-1", 4).await;
+    eventually("notifications saw the level", || async {
+        seen(&s, "SOAP-1").await.map(|x| x.1) == Some(4)
+    })
+    .await;
+    s.register_webpush("dan", Some("en")).await;
+    let r = s
+        .notif(
+            0,
+            Method::POST,
+            "/v1/customers/dan/stock-alerts",
+            Some(&customer("dan")),
+            Some(json!({"store_id": STORE, "sku": "SOAP-1", "quantity": 3})),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let alert: Value = r.json().await.unwrap();
+    assert_eq!(alert["status"], "fired");
+    let pushes = s.webpush.wait_for(1, Duration::from_secs(20)).await;
+    assert_eq!(pushes.len(), 1);
+    assert_eq!(pushes[0].body, "SOAP-1 is available again at Paris Louvre.");
+    // More than is there waits.
+    let r = s
+        .notif(
+            0,
+            Method::POST,
+            "/v1/customers/dan/stock-alerts",
+            Some(&customer("dan")),
+            Some(json!({"store_id": STORE, "sku": "SOAP-1", "quantity": 5})),
+        )
+        .await;
+    let waiting: Value = r.json().await.unwrap();
+    assert_eq!(waiting["status"], "waiting");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_subscription_registered_again_by_another_customer_is_theirs_alone() {
+    let s = stack_with_store().await;
+    s.count(STORE, "SKU-1", 5).await;
+    let (_, sub) = s.register_webpush("alice", None).await;
+    // Bob signs in on the same browser: the same subscription, another customer.
+    let r = s
+        .notif(0, Method::PUT, &format!("/v1/customers/bob/devices/{}", Uuid::now_v7()), Some(&customer("bob")),
+               Some(json!({"kind": "webpush", "endpoint": sub.endpoint, "keys": {"p256dh": sub.p256dh, "auth": sub.auth}})))
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let alices: Value = s
+        .notif(
+            0,
+            Method::GET,
+            "/v1/customers/alice/devices",
+            Some(&customer("alice")),
+            None,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        alices["items"].as_array().unwrap().len(),
+        0,
+        "Alice's pushes no longer reach Bob's screen"
+    );
+    let order = confirmed_order(&s, "alice", "en").await;
+    s.make_ready_on(0, &order, STORE, "alice").await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        s.webpush.received().is_empty(),
+        "Alice's code is not shown to Bob"
     );
     s.stop().await;
 }

@@ -6,7 +6,7 @@ use crate::store::{self, AlertRow, DeliveryRow, DeviceRow, LogFilter, NewAlert, 
 use actix_web::{HttpRequest, HttpResponse, delete, get, post, put, web};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use sea_orm::DatabaseConnection;
+use sea_orm::{DatabaseConnection, TransactionTrait};
 use serde::{Deserialize, Serialize};
 use shared::auth::{Caller, Role};
 use shared::codes::{check_code, locale};
@@ -23,12 +23,15 @@ pub struct AppState {
     pub db: DatabaseConnection,
     /// The push providers (for the VAPID public key).
     pub providers: Arc<Providers>,
-    /// Whether Web Push endpoints may be plain `http://` (local runs and tests only).
-    pub allow_http_endpoints: bool,
+    /// Whether Web Push endpoints may be plain `http://` or local addresses (local runs
+    /// and tests only).
+    pub allow_local_endpoints: bool,
 }
 
 /// The longest token or endpoint accepted.
 const MAX_ADDRESS: usize = 2048;
+/// The most devices one customer may have.
+pub const MAX_DEVICES: usize = 20;
 /// The most waiting alerts one customer may have.
 pub const MAX_WAITING_ALERTS: usize = 200;
 
@@ -155,7 +158,7 @@ fn check_locale(v: &mut Validation, field: &str, value: Option<&String>) -> Opti
 }
 
 impl DeviceBody {
-    fn parse(self, allow_http: bool) -> Result<NewDevice, Problem> {
+    fn parse(self, allow_local: bool) -> Result<NewDevice, Problem> {
         let mut v = Validation::new();
         let device = match self {
             DeviceBody::Webpush {
@@ -163,15 +166,20 @@ impl DeviceBody {
                 keys,
                 locale,
             } => {
-                let scheme_ok = match reqwest::Url::parse(&endpoint) {
-                    Ok(url) => {
-                        url.host_str().is_some()
-                            && (url.scheme() == "https" || (allow_http && url.scheme() == "http"))
-                    }
+                // A customer chooses this address and we will call it: outside local runs,
+                // https to a public host only (the sender checks resolved addresses too).
+                let endpoint_ok = match reqwest::Url::parse(&endpoint) {
+                    Ok(url) => match url.host() {
+                        Some(_) if allow_local => matches!(url.scheme(), "https" | "http"),
+                        Some(host) => {
+                            url.scheme() == "https" && crate::push::guard::host_allowed(&host)
+                        }
+                        None => false,
+                    },
                     Err(_) => false,
                 };
-                if !scheme_ok || endpoint.len() > MAX_ADDRESS {
-                    v.add("endpoint", "must be an https URL of a push service");
+                if !endpoint_ok || endpoint.len() > MAX_ADDRESS {
+                    v.add("endpoint", "must be an https URL of a public push service");
                 }
                 if let Some(point) = decoded_len(&mut v, "keys.p256dh", &keys.p256dh, 65)
                     && point[0] != 4
@@ -258,7 +266,14 @@ pub async fn put_device(
     })?;
     let device = body
         .json::<DeviceBody>()?
-        .parse(state.allow_http_endpoints)?;
+        .parse(state.allow_local_endpoints)?;
+    let known = store::devices(&state.db, &customer_id).await?;
+    if known.len() >= MAX_DEVICES && !known.iter().any(|d| d.device_id == device_id) {
+        return Err(Problem::conflict(
+            "too-many-devices",
+            format!("a customer may register at most {MAX_DEVICES} devices; remove one first"),
+        ));
+    }
     let (row, created) = store::upsert_device(&state.db, &customer_id, device_id, &device).await?;
     Ok(if created {
         HttpResponse::Created().json(row)
@@ -337,8 +352,9 @@ pub async fn post_alert(
             format!("at most {MAX_WAITING_ALERTS} alerts may wait at once"),
         ));
     }
-    let row = store::create_alert(
-        &state.db,
+    let txn = state.db.begin().await?;
+    let (row, fired) = store::create_alert_checked(
+        &txn,
         &NewAlert {
             customer_id: &path,
             store_id: &ask.store_id,
@@ -349,6 +365,11 @@ pub async fn post_alert(
         },
     )
     .await?;
+    txn.commit().await?;
+    if fired.deliveries > 0 {
+        // Already on the shelf: its push goes out now.
+        shared::outbox::wake_local_relays();
+    }
     Ok(HttpResponse::Created().json(row))
 }
 
@@ -411,10 +432,12 @@ pub async fn cancel_alert(
 }
 
 /// The delivery log: `?order_id=`, `?status=`, `?limit=` (1–500, default 100). Staff see
-/// their stores' deliveries, a customer their own, admin everything.
+/// their stores' deliveries, a customer their own, admin everything; an order with nothing
+/// the caller may see is 404.
 #[utoipa::path(tag = "notifications",
     params(("order_id" = Option<Uuid>, Query), ("status" = Option<String>, Query), ("limit" = Option<u64>, Query)),
-    responses((status = 200, body = DeliveryLog), (status = 422, body = Problem), (status = 401, body = Problem)),
+    responses((status = 200, body = DeliveryLog), (status = 404, body = Problem), (status = 422, body = Problem),
+              (status = 401, body = Problem)),
     security(("bearer" = [])))]
 #[get("/v1/notifications")]
 pub async fn delivery_log(
@@ -455,6 +478,15 @@ pub async fn delivery_log(
         _ => {}
     }
     let items = store::deliveries(&state.db, &filter).await?;
+    // Another customer's order (or another store's) looks like an unknown one.
+    if let Some(order) = filter.order_id
+        && items.is_empty()
+        && caller.role != Role::Admin
+    {
+        return Err(Problem::not_found(format!(
+            "no deliveries of order {order}"
+        )));
+    }
     Ok(HttpResponse::Ok().json(DeliveryLog { items }))
 }
 

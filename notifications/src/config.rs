@@ -26,10 +26,6 @@ pub struct NotificationsConfig {
     /// How long an attempt may run before another worker may retry it
     /// (`PUSH_LEASE_SECS`, 60 s; longer than the provider timeout).
     pub lease: Duration,
-    /// Whether Web Push endpoints may be plain `http://` (`PUSH_ALLOW_HTTP_ENDPOINTS`,
-    /// false; local runs and tests only: a customer could otherwise make us call any
-    /// internal address).
-    pub allow_http_endpoints: bool,
 }
 
 impl NotificationsConfig {
@@ -46,7 +42,6 @@ impl NotificationsConfig {
             concurrency: env_parse("PUSH_CONCURRENCY", 32)?,
             poll_interval: Duration::from_millis(env_parse("PUSH_POLL_INTERVAL_MS", 500)?),
             lease: Duration::from_secs(env_parse("PUSH_LEASE_SECS", 60)?),
-            allow_http_endpoints: env_parse("PUSH_ALLOW_HTTP_ENDPOINTS", false)?,
         })
     }
 }

@@ -144,8 +144,10 @@ impl Context {
                         Urgency::Normal
                     },
                     ttl,
-                    // A newer status of the same order replaces the older one on screen.
-                    collapse_key: Some(format!("order-{order_id}")),
+                    // A push sent again (a lease taken over) replaces itself on screen; two
+                    // statuses of one order never replace each other (they may arrive out
+                    // of order).
+                    collapse_key: Some(format!("order-{order_id}-{event}")),
                 }
             }
             Context::BackInStock {

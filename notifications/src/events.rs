@@ -31,7 +31,7 @@ impl EventHandler for Handler {
         match event.event_type.as_str() {
             types::STOCK_CHANGED => {
                 let change: StockChanged = event.data_as()?;
-                let fired = store::on_stock_changed(txn, &change, event.occurred_at).await?;
+                let fired = store::on_stock_changed(txn, &change).await?;
                 if fired.alerts > 0 {
                     tracing::info!(
                         store_id = %change.store_id, sku = %change.sku, revision = change.revision,

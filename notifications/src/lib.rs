@@ -46,6 +46,11 @@ impl Application {
     /// Connects, migrates, binds and starts the workers; stops when `shutdown` is cancelled.
     pub async fn build(config: NotificationsConfig, shutdown: Shutdown) -> anyhow::Result<Self> {
         let base = &config.base;
+        anyhow::ensure!(
+            config.lease > config.push.request_timeout * 2,
+            "PUSH_LEASE_SECS must be more than twice PUSH_TIMEOUT_MS: an attempt still running \
+             when its lease ends may be made again by another replica"
+        );
         let platform = Platform::connect(base, async |url| store::migrate(&url).await).await?;
         let db = platform.db.clone();
         let providers = Arc::new(
@@ -59,8 +64,10 @@ impl Application {
             db: db.clone(),
             providers: providers.clone(),
             retry: config.retry,
-            batch: 64,
-            concurrency: config.concurrency.max(1),
+            // No more than can be in flight at once: a claimed row's lease runs from the
+            // claim, so rows waiting for a free slot could lose theirs to another replica.
+            batch: u32::try_from(config.concurrency.clamp(1, 256)).unwrap_or(32),
+            concurrency: config.concurrency.clamp(1, 256),
             poll_interval: config.poll_interval,
             lease: config.lease,
         };
@@ -90,7 +97,7 @@ impl Application {
         let state = actix_web::web::Data::new(api::AppState {
             db,
             providers,
-            allow_http_endpoints: config.allow_http_endpoints,
+            allow_local_endpoints: config.push.allow_local_endpoints,
         });
         let service = Service::start(
             base,

@@ -82,18 +82,22 @@ impl DeliveryWorker {
     }
 
     async fn attempt(&self, claimed: Claimed) {
-        let outcome = match target(&claimed) {
-            None => Outcome::Gone {
-                reason: "the device was removed".into(),
-            },
-            Some(target) => match serde_json::from_value::<Context>(claimed.context.clone()) {
-                Ok(context) => {
-                    let message = context.render(claimed.locale.as_deref(), Utc::now());
-                    self.providers.send(&target, &message).await
-                }
-                Err(err) => Outcome::Rejected {
-                    reason: format!("unreadable delivery context: {err}"),
-                },
+        let Some(target) = target(&claimed) else {
+            // Removed, or registered again as another kind, since the delivery was
+            // written: nothing to send, and nothing to remove (a new registration stays).
+            let settle = Settle::Failed {
+                error: "the device was removed or registered again".into(),
+            };
+            self.record(&claimed, &settle, false).await;
+            return;
+        };
+        let outcome = match serde_json::from_value::<Context>(claimed.context.clone()) {
+            Ok(context) => {
+                let message = context.render(claimed.locale.as_deref(), Utc::now());
+                self.providers.send(&target, &message).await
+            }
+            Err(err) => Outcome::Rejected {
+                reason: format!("unreadable delivery context: {err}"),
             },
         };
         let attempts = u32::try_from(claimed.attempts).unwrap_or(u32::MAX);
@@ -123,7 +127,7 @@ impl DeliveryWorker {
                 Settle::Failed {
                     error: format!("device gone: {reason}"),
                 },
-                claimed.device_kind.is_some(),
+                true,
             ),
             Outcome::Rejected { reason } => (
                 Settle::Dead {

@@ -159,7 +159,7 @@ async fn a_web_push_answered_410_or_404_means_the_subscription_is_gone() {
 }
 
 #[tokio::test]
-async fn a_web_push_answered_413_is_rejected_with_the_status_and_the_body() {
+async fn a_web_push_answered_413_is_rejected_with_the_status_and_never_the_endpoints_body() {
     let service = WebPushService::start().await.unwrap();
     let providers = providers(&config_for(Some(&service), None, None)).await;
     let subscription = service.subscribe();
@@ -174,10 +174,38 @@ async fn a_web_push_answered_413_is_rejected_with_the_status_and_the_body() {
     let Outcome::Rejected { reason } = outcome else {
         panic!("expected Rejected, got {outcome:?}");
     };
+    // What an endpoint answers is never read back (endpoints are the customer's choice).
     assert!(
-        reason.contains("413") && reason.contains("payload too large"),
+        reason.contains("413") && !reason.contains("payload too large"),
         "{reason}"
     );
+}
+
+#[tokio::test]
+async fn web_push_refuses_private_addresses_and_plain_http_outside_local_runs() {
+    let service = WebPushService::start().await.unwrap();
+    let providers = providers(&PushConfig {
+        allow_local_endpoints: false,
+        ..config_for(Some(&service), None, None)
+    })
+    .await;
+    let subscription = service.subscribe();
+    for endpoint in [
+        subscription.endpoint.clone(),
+        subscription.endpoint.replace("http://", "https://"),
+        "https://10.0.0.5:9200/_search".to_owned(),
+        "https://169.254.169.254/latest/meta-data".to_owned(),
+        "https://localhost/push".to_owned(),
+    ] {
+        let target = Target::WebPush {
+            endpoint,
+            p256dh: subscription.p256dh.clone(),
+            auth: subscription.auth.clone(),
+        };
+        let outcome = providers.send(&target, &notification()).await;
+        assert!(matches!(outcome, Outcome::Rejected { .. }), "{outcome:?}");
+    }
+    assert_eq!(service.attempts(&subscription.endpoint), 0);
 }
 
 #[tokio::test]

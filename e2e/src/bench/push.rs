@@ -33,7 +33,7 @@ pub async fn run(fixture: &Fixture, options: &Options) -> anyhow::Result<Scenari
     let webpush = WebPushService::start().await?;
     let (orders, orders_db) = fixture.start_beside("orders", options, Vec::new()).await?;
     let env = vec![
-        ("PUSH_ALLOW_HTTP_ENDPOINTS".to_owned(), "true".to_owned()),
+        ("PUSH_ALLOW_LOCAL_ENDPOINTS".to_owned(), "true".to_owned()),
         ("PUSH_POLL_INTERVAL_MS".to_owned(), "500".to_owned()),
     ];
     let (notifications, notifications_db) =

@@ -12,6 +12,7 @@
 pub mod apns;
 pub mod ece;
 pub mod fcm;
+pub mod guard;
 mod http;
 pub mod vapid;
 pub mod webpush;
@@ -187,6 +188,10 @@ pub struct PushConfig {
     pub apns_topic: Option<String>,
     /// Per-request timeout (`PUSH_TIMEOUT_MS`, default 10 s).
     pub request_timeout: Duration,
+    /// Whether Web Push may dial plain `http://` endpoints and loopback or private
+    /// addresses (`PUSH_ALLOW_LOCAL_ENDPOINTS`, false): local runs and tests only, since a
+    /// customer could otherwise make the service call internal addresses.
+    pub allow_local_endpoints: bool,
 }
 
 impl std::fmt::Debug for PushConfig {
@@ -203,6 +208,7 @@ impl std::fmt::Debug for PushConfig {
             .field("apns_team_id", &self.apns_team_id)
             .field("apns_topic", &self.apns_topic)
             .field("request_timeout", &self.request_timeout)
+            .field("allow_local_endpoints", &self.allow_local_endpoints)
             .finish()
     }
 }
@@ -244,6 +250,7 @@ impl PushConfig {
             apns_team_id: optional("APNS_TEAM_ID"),
             apns_topic: optional("APNS_TOPIC"),
             request_timeout: Duration::from_millis(timeout_ms),
+            allow_local_endpoints: env_parse("PUSH_ALLOW_LOCAL_ENDPOINTS", false)?,
         })
     }
 }
@@ -285,7 +292,20 @@ impl Providers {
             .connect_timeout(config.request_timeout)
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
-        let webpush = webpush::WebPush::new(client.clone(), key, config.vapid_subject.clone());
+        // Web Push endpoints come from customers: outside local runs, public addresses only.
+        let mut webpush_client = reqwest::Client::builder()
+            .timeout(config.request_timeout)
+            .connect_timeout(config.request_timeout)
+            .redirect(reqwest::redirect::Policy::none());
+        if !config.allow_local_endpoints {
+            webpush_client = webpush_client.dns_resolver(std::sync::Arc::new(guard::PublicOnly));
+        }
+        let webpush = webpush::WebPush::new(
+            webpush_client.build()?,
+            key,
+            config.vapid_subject.clone(),
+            config.allow_local_endpoints,
+        );
         tracing::info!(
             vapid_public_key = %webpush.public_key(),
             subject = %config.vapid_subject,

@@ -1,7 +1,7 @@
 //! Web Push (RFC 8030): one encrypted POST to the subscription's endpoint, signed with
 //! VAPID (RFC 8292), the payload encrypted with RFC 8291 `aes128gcm`.
 
-use super::http::{excerpt, is_transient, retry_after, transport_failure};
+use super::http::{is_transient, retry_after, transport_failure};
 use super::vapid::VapidKey;
 use super::{Notification, Outcome, Urgency, ece};
 use base64::Engine;
@@ -27,16 +27,23 @@ pub struct WebPush {
     subject: String,
     /// One `Authorization` value per push-service origin, with its JWT's expiry.
     authorizations: Mutex<HashMap<String, (String, i64)>>,
+    /// Whether plain http and non-public addresses may be dialled (local runs only).
+    allow_local: bool,
 }
+
+/// Origins whose JWT is kept (there are a handful of push services; the bound only stops
+/// made-up endpoints from growing the cache).
+const MAX_CACHED_ORIGINS: usize = 256;
 
 impl WebPush {
     /// A sender signing with `key` on behalf of `subject`.
-    pub fn new(client: reqwest::Client, key: VapidKey, subject: String) -> Self {
+    pub fn new(client: reqwest::Client, key: VapidKey, subject: String, allow_local: bool) -> Self {
         Self {
             client,
             key,
             subject,
             authorizations: Mutex::new(HashMap::new()),
+            allow_local,
         }
     }
 
@@ -54,10 +61,20 @@ impl WebPush {
         notification: &Notification,
     ) -> Outcome {
         let origin = match url::Url::parse(endpoint) {
-            Ok(url) if matches!(url.scheme(), "https" | "http") && url.host().is_some() => {
+            Ok(url)
+                if self.allow_local
+                    && matches!(url.scheme(), "https" | "http")
+                    && url.host().is_some() =>
+            {
                 url.origin().ascii_serialization()
             }
-            _ => return rejected("the subscription endpoint is not an http(s) URL"),
+            Ok(url)
+                if url.scheme() == "https"
+                    && url.host().is_some_and(|h| super::guard::host_allowed(&h)) =>
+            {
+                url.origin().ascii_serialization()
+            }
+            _ => return rejected("the subscription endpoint is not an https URL of a public host"),
         };
         let (Some(ua_public), Some(auth_secret)) = (decode_b64url(p256dh), decode_b64url(auth))
         else {
@@ -103,13 +120,12 @@ impl WebPush {
         if response.status().is_success() {
             return Outcome::Sent;
         }
-        let text = response
-            .bytes()
-            .await
-            .map(|b| excerpt(&b))
-            .unwrap_or_default();
-        let reason = format!("push service answered {status}: {text}");
+        // The status only: the endpoint is the customer's choice, so what it answers is
+        // never read back into the delivery log (nor read at all: no unbounded body).
+        let reason = format!("push service answered {status}");
         match status {
+            // Not 401/403: a JWT of ours the service refuses (a clock off, a key rotated)
+            // would otherwise remove every device at once; those end `dead`, visibly.
             404 | 410 => Outcome::Gone { reason },
             s if is_transient(s) => Outcome::Retry {
                 reason,
@@ -135,6 +151,9 @@ impl WebPush {
         let exp = now + JWT_LIFETIME_SECS;
         let jwt = self.key.sign(origin, &self.subject, exp)?;
         let value = format!("vapid t={jwt}, k={}", self.key.public_base64url());
+        if cache.len() >= MAX_CACHED_ORIGINS {
+            cache.clear();
+        }
         cache.insert(origin.to_owned(), (value.clone(), exp));
         Ok(value)
     }
@@ -207,6 +226,7 @@ mod tests {
             reqwest::Client::new(),
             VapidKey::generate().unwrap(),
             "mailto:ops@example.com".into(),
+            false,
         );
         let first = sender.authorization("https://a.example").unwrap();
         assert_eq!(first, sender.authorization("https://a.example").unwrap());

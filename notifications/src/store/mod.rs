@@ -125,7 +125,9 @@ pub struct NewDevice {
 const DEVICE_COLUMNS: &str =
     "customer_id, device_id, kind, endpoint, p256dh, auth, token, locale, created_at, updated_at";
 
-/// Registers or replaces a device; `true` when it is new.
+/// Registers or replaces a device; `true` when it is new. The same browser subscription
+/// or token registered by another customer before (a shared browser, a phone handed on)
+/// is theirs no more: it moves here, so nobody gets pushes meant for someone else.
 pub async fn upsert_device(
     conn: &impl ConnectionTrait,
     customer_id: &str,
@@ -137,7 +139,11 @@ pub async fn upsert_device(
         inserted: bool,
     }
     let sql = format!(
-        "INSERT INTO devices (customer_id, device_id, kind, endpoint, p256dh, auth, token, locale)
+        "WITH moved AS (
+             DELETE FROM devices
+             WHERE customer_id <> $1 AND kind = $3 AND (endpoint = $4 OR token = $7)
+         )
+         INSERT INTO devices (customer_id, device_id, kind, endpoint, p256dh, auth, token, locale)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
          ON CONFLICT (customer_id, device_id) DO UPDATE SET kind = EXCLUDED.kind,
              endpoint = EXCLUDED.endpoint, p256dh = EXCLUDED.p256dh, auth = EXCLUDED.auth,
@@ -380,34 +386,71 @@ pub struct Fired {
 
 /// Applies a stock change: drops it if stale, else fires every waiting alert on that
 /// (store, SKU) whose quantity is now available, in one pass over the partial index.
+///
+/// Two statements on purpose: the revision guard takes the `stock_seen` row lock, and the
+/// second statement's snapshot, taken after it, sees every alert whose creation committed
+/// before (an alert's creation holds that row `FOR SHARE`, see [`create_alert_checked`]).
 pub async fn on_stock_changed(
     conn: &impl ConnectionTrait,
     change: &StockChanged,
-    occurred_at: DateTime<Utc>,
 ) -> Result<Fired, DbErr> {
-    #[derive(FromQueryResult)]
-    struct Counts {
-        fresh: bool,
-        alerts: i64,
-        deliveries: i64,
-    }
-    // One statement: the revision guard, the alerts' retirement (conditional on
-    // `waiting`, so an alert fires once) and their deliveries. An alert asked after the
-    // change happened is not fired by it.
-    let row = Counts::find_by_statement(stmt(
-        "WITH seen AS (
-             INSERT INTO stock_seen AS s (store_id, sku, revision, available)
+    // Only a newer revision is recorded; a stale or repeated change updates no row.
+    let fresh = conn
+        .execute_raw(stmt(
+            "INSERT INTO stock_seen AS s (store_id, sku, revision, available)
              VALUES ($1, $2, $3, $4)
              ON CONFLICT (store_id, sku) DO UPDATE
                  SET revision = EXCLUDED.revision, available = EXCLUDED.available
-                 WHERE s.revision < EXCLUDED.revision
-             RETURNING 1
-         ), fired AS (
+                 WHERE s.revision < EXCLUDED.revision",
+            vec![
+                change.store_id.clone().into(),
+                change.sku.clone().into(),
+                change.revision.into(),
+                change.available.into(),
+            ],
+        ))
+        .await?
+        .rows_affected()
+        > 0;
+    if !fresh {
+        return Ok(Fired {
+            stale: true,
+            ..Fired::default()
+        });
+    }
+    fire(
+        conn,
+        &change.store_id,
+        &change.sku,
+        change.available,
+        change.revision,
+        None,
+    )
+    .await
+}
+
+/// Retires the waiting alerts of (store, SKU) that `available` satisfies (only `alert`
+/// when given) and writes their deliveries, in one statement.
+async fn fire(
+    conn: &impl ConnectionTrait,
+    store_id: &str,
+    sku: &str,
+    available: i64,
+    revision: i64,
+    alert: Option<Uuid>,
+) -> Result<Fired, DbErr> {
+    #[derive(FromQueryResult)]
+    struct Counts {
+        alerts: i64,
+        deliveries: i64,
+    }
+    // The retirement is conditional on `waiting`, so an alert fires once.
+    let row = Counts::find_by_statement(stmt(
+        "WITH fired AS (
              UPDATE stock_alerts a
-             SET status = 'fired', fired_at = now(), fired_revision = $3
-             WHERE EXISTS (SELECT 1 FROM seen)
-               AND a.store_id = $1 AND a.sku = $2 AND a.status = 'waiting'
-               AND a.quantity <= $4 AND a.created_at <= $5
+             SET status = 'fired', fired_at = now(), fired_revision = $4
+             WHERE a.store_id = $1 AND a.sku = $2 AND a.status = 'waiting'
+               AND a.quantity <= $3 AND ($5::uuid IS NULL OR a.id = $5)
              RETURNING a.id, a.customer_id, a.store_id, a.sku, a.product_name, a.locale
          ), queued AS (
              INSERT INTO deliveries (id, dedupe_key, customer_id, device_id, kind, alert_id,
@@ -416,7 +459,7 @@ pub async fn on_stock_changed(
                     f.store_id, 'notifications.stock_alert.fired',
                     jsonb_build_object('about', 'back_in_stock', 'alert_id', f.id::text,
                         'store_id', f.store_id, 'store_name', coalesce(st.name, f.store_id),
-                        'sku', f.sku, 'product_name', f.product_name, 'available', $4::bigint,
+                        'sku', f.sku, 'product_name', f.product_name, 'available', $3::bigint,
                         'locale', f.locale)
              FROM fired f
              JOIN devices d ON d.customer_id = f.customer_id
@@ -424,25 +467,70 @@ pub async fn on_stock_changed(
              ON CONFLICT (dedupe_key, device_id) DO NOTHING
              RETURNING 1
          )
-         SELECT EXISTS (SELECT 1 FROM seen) AS fresh,
-                (SELECT count(*) FROM fired) AS alerts,
-                (SELECT count(*) FROM queued) AS deliveries",
+         SELECT (SELECT count(*) FROM fired) AS alerts, (SELECT count(*) FROM queued) AS deliveries",
         vec![
-            change.store_id.clone().into(),
-            change.sku.clone().into(),
-            change.revision.into(),
-            change.available.into(),
-            occurred_at.into(),
+            store_id.into(),
+            sku.into(),
+            available.into(),
+            revision.into(),
+            alert.into(),
         ],
     ))
     .one(conn)
     .await?
     .ok_or_else(|| DbErr::Custom("no counts".into()))?;
     Ok(Fired {
-        stale: !row.fresh,
+        stale: false,
         alerts: <u64 as TryFrom<i64>>::try_from(row.alerts).unwrap_or(0),
         deliveries: <u64 as TryFrom<i64>>::try_from(row.deliveries).unwrap_or(0),
     })
+}
+
+/// Stores a waiting alert and, when the newest change seen already makes the quantity
+/// available, fires it at once. Run it in a transaction: it holds the level's
+/// `stock_seen` row `FOR SHARE` until the commit, so a stock change handled at the same
+/// time either sees the alert or is seen by it (never neither).
+pub async fn create_alert_checked(
+    conn: &impl ConnectionTrait,
+    alert: &NewAlert<'_>,
+) -> Result<(AlertRow, Fired), DbErr> {
+    #[derive(FromQueryResult)]
+    struct Seen {
+        revision: i64,
+        available: i64,
+    }
+    let row = create_alert(conn, alert).await?;
+    // A placeholder below every real revision, so there is always a row to hold.
+    conn.execute_raw(stmt(
+        "INSERT INTO stock_seen (store_id, sku, revision, available) VALUES ($1, $2, -1, 0)
+         ON CONFLICT (store_id, sku) DO NOTHING",
+        vec![alert.store_id.into(), alert.sku.into()],
+    ))
+    .await?;
+    let seen = Seen::find_by_statement(stmt(
+        "SELECT revision, available FROM stock_seen WHERE store_id = $1 AND sku = $2 FOR SHARE",
+        vec![alert.store_id.into(), alert.sku.into()],
+    ))
+    .one(conn)
+    .await?;
+    match seen {
+        Some(s) if s.revision >= 0 && s.available >= alert.quantity => {
+            let fired = fire(
+                conn,
+                alert.store_id,
+                alert.sku,
+                s.available,
+                s.revision,
+                Some(row.id),
+            )
+            .await?;
+            let row = self::alert(conn, alert.customer_id, row.id)
+                .await?
+                .unwrap_or(row);
+            Ok((row, fired))
+        }
+        _ => Ok((row, Fired::default())),
+    }
 }
 
 /// A delivery claimed for one attempt, with its device as it is now.

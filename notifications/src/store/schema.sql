@@ -35,6 +35,9 @@ CREATE TABLE devices (
     CHECK ((kind = 'webpush') = (endpoint IS NOT NULL AND p256dh IS NOT NULL AND auth IS NOT NULL)),
     CHECK ((kind = 'webpush') = (token IS NULL))
 );
+-- A subscription or token belongs to one customer at a time (see store::upsert_device).
+CREATE INDEX devices_by_endpoint ON devices (endpoint) WHERE endpoint IS NOT NULL;
+CREATE INDEX devices_by_token ON devices (kind, token) WHERE token IS NOT NULL;
 
 -- Back-in-stock alerts. Waiting ones are found per (store, SKU) by the partial index, so a
 -- stock change looks only at the alerts on its own SKU, and only at those it satisfies.
