@@ -38,15 +38,8 @@ use report::{ScenarioReport, say};
 /// the very end. Returns whether every scenario ran to its end.
 pub async fn run(options: &Options) -> bool {
     // Resolved (and, through cargo, rebuilt) once, so every scenario runs the same binary.
-    let needs_inventory = options
-        .scenarios
-        .iter()
-        .any(|s| !matches!(s, cli::Scenario::Push));
-    let inventory = if needs_inventory {
-        service::binary("inventory").map_err(|err| format!("{err:#}"))
-    } else {
-        Err("no scenario needs inventory".to_owned())
-    };
+    // Every scenario stands on inventory.
+    let inventory = service::binary("inventory").map_err(|err| format!("{err:#}"));
     let mut reports: Vec<ScenarioReport> = Vec::new();
     for scenario in &options.scenarios {
         eprintln!("== {}", scenario.name());
