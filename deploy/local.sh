@@ -66,11 +66,12 @@ cmd_test() {
   rabbitmqctl -q set_policy clickcollect-test-expiry '^(t[0-9a-f]{12}|bench[0-9a-z]+)\.' \
     '{"expires":120000}' --apply-to queues >/dev/null
   local status=0
-  # Everything but the broker-restart tests, in parallel…
-  cargo nextest run --workspace --profile ci -E 'not test(broker_restart)' || status=$?
-  # …then those alone: they stop the machine's one broker.
-  cargo nextest run --workspace --profile ci -E 'test(broker_restart)' --test-threads 1 || status=$?
+  # Everything but the restart tests, in parallel…
+  cargo nextest run --workspace --profile ci -E 'not (test(broker_restart) | test(database_restart))' || status=$?
+  # …then those one at a time: they stop the machine's one broker or database server.
+  cargo nextest run --workspace --profile ci -E 'test(broker_restart) | test(database_restart)' --test-threads 1 || status=$?
   ensure_broker_app
+  ensure_postgres
   drop_test_databases
   drop_test_queues
   return "$status"

@@ -20,6 +20,14 @@ async fn health_metrics_and_docs_are_served_and_the_service_stops_cleanly() {
         "{metrics}"
     );
     assert!(metrics.contains("route=\"/v1/stores/{store_id}\""));
+    // The platform gauges: the outbox backlog, the broker and the database.
+    for gauge in [
+        "clickcollect_outbox_pending",
+        "clickcollect_broker_up{service=\"inventory\"} 1",
+        "clickcollect_database_up{service=\"inventory\"} 1",
+    ] {
+        assert!(metrics.contains(gauge), "{gauge} missing from {metrics}");
+    }
     let doc: serde_json::Value = app.get("/openapi.json", None).await.json().await.unwrap();
     assert!(doc["paths"]["/v1/reservations"].is_object());
     let docs = app.get("/docs/", None).await;

@@ -9,7 +9,7 @@ use actix_web::{
     middleware::Next,
     web,
 };
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
 use sea_orm::{ConnectionTrait, DatabaseConnection};
 use std::sync::Arc;
 use std::time::Instant;
@@ -31,6 +31,13 @@ pub struct Metrics {
     pub registry: Registry,
     requests: IntCounterVec,
     latency: HistogramVec,
+    /// Outbox rows not yet published (read at each scrape): a growing figure means the
+    /// broker or the relay is stuck.
+    outbox_pending: IntGauge,
+    /// 1 while every broker connection is up.
+    broker_up: IntGauge,
+    /// 1 while the database answers.
+    database_up: IntGauge,
 }
 
 impl Metrics {
@@ -52,12 +59,21 @@ impl Metrics {
             ),
             &["method", "route"],
         )?;
+        let outbox_pending = IntGauge::new("outbox_pending", "Outbox rows not yet published")?;
+        let broker_up = IntGauge::new("broker_up", "1 while every broker connection is up")?;
+        let database_up = IntGauge::new("database_up", "1 while the database answers")?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
+        registry.register(Box::new(outbox_pending.clone()))?;
+        registry.register(Box::new(broker_up.clone()))?;
+        registry.register(Box::new(database_up.clone()))?;
         Ok(Self {
             registry,
             requests,
             latency,
+            outbox_pending,
+            broker_up,
+            database_up,
         })
     }
 }
@@ -113,7 +129,22 @@ async fn ready(readiness: web::Data<Readiness>) -> HttpResponse {
     }
 }
 
-async fn metrics(metrics: web::Data<Metrics>) -> Result<HttpResponse, Problem> {
+async fn metrics(
+    metrics: web::Data<Metrics>,
+    readiness: web::Data<Readiness>,
+) -> Result<HttpResponse, Problem> {
+    // The platform gauges are read at scrape time (one count over the outbox, which holds
+    // only unpublished rows and recent ones).
+    match crate::outbox::pending_count(&readiness.db).await {
+        Ok(pending) => {
+            metrics
+                .outbox_pending
+                .set(i64::try_from(pending).unwrap_or(i64::MAX));
+            metrics.database_up.set(1);
+        }
+        Err(_) => metrics.database_up.set(0),
+    }
+    metrics.broker_up.set(i64::from((readiness.broker_up)()));
     let mut buf = Vec::new();
     prometheus::TextEncoder::new()
         .encode(&metrics.registry.gather(), &mut buf)
