@@ -186,7 +186,7 @@ impl Stack {
             order_hold_seconds: inventory::config::DEFAULT_ORDER_HOLD_SECONDS,
         };
         let shutdown = Shutdown::new();
-        let app = inventory::Application::build(config, shutdown.clone())
+        let app = inventory::build(config, shutdown.clone())
             .await
             .expect("inventory starts");
         let i = instance(app.port(), shutdown, tokio::spawn(app.run_until_stopped()));
@@ -203,7 +203,7 @@ impl Stack {
             idempotency_retention: Duration::from_secs(3600),
         };
         let shutdown = Shutdown::new();
-        let app = orders::Application::build(config, shutdown.clone())
+        let app = orders::build(config, shutdown.clone())
             .await
             .expect("orders starts");
         let i = instance(app.port(), shutdown, tokio::spawn(app.run_until_stopped()));
@@ -235,7 +235,7 @@ impl Stack {
     /// Starts one more notifications replica.
     pub async fn add_notifications(&mut self) {
         let shutdown = Shutdown::new();
-        let app = notifications::Application::build(self.notifications_config(), shutdown.clone())
+        let app = notifications::build(self.notifications_config(), shutdown.clone())
             .await
             .expect("notifications starts");
         let i = instance(app.port(), shutdown, tokio::spawn(app.run_until_stopped()));

@@ -44,83 +44,68 @@ pub const CONSUMED_EVENTS: &[&str] = &[
 /// The saga consumer's queue and inbox name.
 const SERVICE: &str = "inventory";
 
-/// A built, bound service: call [`Application::run_until_stopped`].
-pub struct Application(Service);
+/// A built, bound service: call [`Service::run_until_stopped`].
+pub type Application = Service;
 
-impl Application {
-    /// Connects, migrates, binds and starts the workers; stops when `shutdown` is cancelled.
-    pub async fn build(config: InventoryConfig, shutdown: Shutdown) -> anyhow::Result<Self> {
-        let base = &config.base;
-        let platform = Platform::connect(base, async |url| store::migrate(&url).await).await?;
-        let db = platform.db.clone();
+/// Connects, migrates, binds and starts the workers; stops when `shutdown` is cancelled.
+pub async fn build(config: InventoryConfig, shutdown: Shutdown) -> anyhow::Result<Application> {
+    let base = &config.base;
+    let platform = Platform::connect(base, async |url| store::migrate(&url).await).await?;
+    let db = platform.db.clone();
 
-        let view = view::AvailabilityView::new(db.clone());
-        // The workers stop after HTTP has drained, so the relay publishes what the last
-        // requests committed and the view follows until the end.
-        let mut workers = Tasks::new();
-        workers.spawn(|stop| view.clone().follow(platform.broker.clone(), stop));
-        workers.spawn(|stop| {
-            workers::expiry_sweeper(
-                db.clone(),
-                view.clone(),
-                config.sweep_interval,
-                config.idempotency_retention,
-                stop,
-            )
-        });
-        let relay = OutboxRelay::new(
+    let view = view::AvailabilityView::new(db.clone());
+    // The workers stop after HTTP has drained, so the relay publishes what the last
+    // requests committed and the view follows until the end.
+    let mut workers = Tasks::new();
+    workers.spawn(|stop| view.clone().follow(platform.broker.clone(), stop));
+    workers.spawn(|stop| {
+        workers::expiry_sweeper(
             db.clone(),
-            Publisher::new(platform.broker.clone()),
-            &base.database_url,
+            view.clone(),
+            config.sweep_interval,
+            config.idempotency_retention,
+            stop,
         )
-        // stock.changed carries a revision; reservation events must stay in order.
-        .with_pipelined_aggregates(&["stock:"]);
-        workers.spawn(|stop| relay.run(stop));
+    });
+    let relay = OutboxRelay::new(
+        db.clone(),
+        Publisher::new(platform.broker.clone()),
+        &base.database_url,
+    )
+    // stock.changed carries a revision; reservation events must stay in order.
+    .with_pipelined_aggregates(&["stock:"]);
+    workers.spawn(|stop| relay.run(stop));
 
-        let saga = Consumer::new(
-            platform.consumer_broker.clone(),
-            db.clone(),
-            SERVICE,
-            CONSUMED_EVENTS,
-            saga::OrderSaga::new(config.order_hold_seconds),
-        )
-        // Orders are independent (each handler locks its order), so several at once.
-        .with_concurrency(Platform::consumer_concurrency(base));
-        let mut consumers = Tasks::new();
-        consumers.spawn(|stop| saga.run(stop));
+    let saga = Consumer::new(
+        platform.consumer_broker.clone(),
+        db.clone(),
+        SERVICE,
+        CONSUMED_EVENTS,
+        saga::OrderSaga::new(config.order_hold_seconds),
+    )
+    // Orders are independent (each handler locks its order), so several at once.
+    .with_concurrency(Platform::consumer_concurrency(base));
+    let mut consumers = Tasks::new();
+    consumers.spawn(|stop| saga.run(stop));
 
-        let state = actix_web::web::Data::new(api::AppState {
-            db,
-            view,
-            shutdown: shutdown.clone(),
-        });
-        let service = Service::start(
-            base,
-            platform,
-            <api::ApiDoc as utoipa::OpenApi>::openapi(),
-            move |cfg| {
-                cfg.app_data(state.clone());
-                api::routes(cfg);
-            },
-            consumers,
-            workers,
-            shutdown,
-        )
-        .context("starting HTTP")?;
-        Ok(Self(service))
-    }
-
-    /// The bound port (tests bind port 0).
-    pub fn port(&self) -> u16 {
-        self.0.port()
-    }
-
-    /// Serves until the shutdown token is cancelled, then drains: HTTP first (in-flight
-    /// requests finish), then the consumers (deliveries in hand are handled and acked),
-    /// then the workers (the relay publishes what is committed).
-    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        self.0.run_until_stopped().await
-    }
+    let state = actix_web::web::Data::new(api::AppState {
+        db,
+        view,
+        shutdown: shutdown.clone(),
+    });
+    Service::start(
+        base,
+        platform,
+        <api::ApiDoc as utoipa::OpenApi>::openapi(),
+        move |cfg| {
+            cfg.app_data(state.clone());
+            api::routes(cfg);
+        },
+        consumers,
+        workers,
+        shutdown,
+    )
+    .context("starting HTTP")
 }
 
 #[cfg(test)]

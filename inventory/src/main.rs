@@ -1,6 +1,6 @@
-//! The inventory binary: config → telemetry → Application::build → run.
+//! The inventory binary: config → telemetry → build → run.
 
-use inventory::{Application, config::InventoryConfig};
+use inventory::{build, config::InventoryConfig};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -8,6 +8,6 @@ async fn main() -> anyhow::Result<()> {
     let config = InventoryConfig::from_env()?;
     tracing::info!(?config, "starting inventory");
     let shutdown = shared::shutdown::on_signal();
-    let app = Application::build(config, shutdown).await?;
+    let app = build(config, shutdown).await?;
     app.run_until_stopped().await
 }

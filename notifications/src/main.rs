@@ -1,6 +1,6 @@
-//! The notifications binary: config → telemetry → Application::build → run.
+//! The notifications binary: config → telemetry → build → run.
 
-use notifications::{Application, config::NotificationsConfig};
+use notifications::{build, config::NotificationsConfig};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -8,6 +8,6 @@ async fn main() -> anyhow::Result<()> {
     let config = NotificationsConfig::from_env()?;
     tracing::info!(?config, "starting notifications");
     let shutdown = shared::shutdown::on_signal();
-    let app = Application::build(config, shutdown).await?;
+    let app = build(config, shutdown).await?;
     app.run_until_stopped().await
 }

@@ -31,74 +31,59 @@ use shared::shutdown::Shutdown;
 /// The queue and inbox name.
 const SERVICE: &str = "orders";
 
-/// A built, bound service: call [`Application::run_until_stopped`].
-pub struct Application(Service);
+/// A built, bound service: call [`Service::run_until_stopped`].
+pub type Application = Service;
 
-impl Application {
-    /// Connects, migrates, binds and starts the workers; stops when `shutdown` is cancelled.
-    pub async fn build(config: OrdersConfig, shutdown: Shutdown) -> anyhow::Result<Self> {
-        let base = &config.base;
-        let platform = Platform::connect(base, async |url| store::migrate(&url).await).await?;
-        let db = platform.db.clone();
+/// Connects, migrates, binds and starts the workers; stops when `shutdown` is cancelled.
+pub async fn build(config: OrdersConfig, shutdown: Shutdown) -> anyhow::Result<Application> {
+    let base = &config.base;
+    let platform = Platform::connect(base, async |url| store::migrate(&url).await).await?;
+    let db = platform.db.clone();
 
-        let mut workers = Tasks::new();
-        workers.spawn(|stop| {
-            workers::deadline_sweeper(
-                db.clone(),
-                config.sweep_interval,
-                config.reminder_before,
-                config.idempotency_retention,
-                stop,
-            )
-        });
-        let relay = OutboxRelay::new(
+    let mut workers = Tasks::new();
+    workers.spawn(|stop| {
+        workers::deadline_sweeper(
             db.clone(),
-            Publisher::new(platform.broker.clone()),
-            &base.database_url,
-        );
-        workers.spawn(|stop| relay.run(stop));
-
-        // Orders are independent, so several deliveries at once. One order's answers may
-        // then be applied out of order; each handler locks the order and every transition
-        // is conditional on its status, so a late answer changes nothing (see `saga`).
-        let consumer = Consumer::new(
-            platform.consumer_broker.clone(),
-            db.clone(),
-            SERVICE,
-            shared::messaging::bindings_of(SERVICE),
-            saga::InventoryAnswers,
+            config.sweep_interval,
+            config.reminder_before,
+            config.idempotency_retention,
+            stop,
         )
-        .with_prefetch(64)
-        .with_concurrency(Platform::consumer_concurrency(base));
-        let mut consumers = Tasks::new();
-        consumers.spawn(|stop| consumer.run(stop));
+    });
+    let relay = OutboxRelay::new(
+        db.clone(),
+        Publisher::new(platform.broker.clone()),
+        &base.database_url,
+    );
+    workers.spawn(|stop| relay.run(stop));
 
-        let state = actix_web::web::Data::new(api::AppState { db });
-        let service = Service::start(
-            base,
-            platform,
-            <api::ApiDoc as utoipa::OpenApi>::openapi(),
-            move |cfg| {
-                cfg.app_data(state.clone());
-                api::routes(cfg);
-            },
-            consumers,
-            workers,
-            shutdown,
-        )
-        .context("starting HTTP")?;
-        Ok(Self(service))
-    }
+    // Orders are independent, so several deliveries at once. One order's answers may
+    // then be applied out of order; each handler locks the order and every transition
+    // is conditional on its status, so a late answer changes nothing (see `saga`).
+    let consumer = Consumer::new(
+        platform.consumer_broker.clone(),
+        db.clone(),
+        SERVICE,
+        shared::messaging::bindings_of(SERVICE),
+        saga::InventoryAnswers,
+    )
+    .with_prefetch(64)
+    .with_concurrency(Platform::consumer_concurrency(base));
+    let mut consumers = Tasks::new();
+    consumers.spawn(|stop| consumer.run(stop));
 
-    /// The bound port (tests bind port 0).
-    pub fn port(&self) -> u16 {
-        self.0.port()
-    }
-
-    /// Serves until the shutdown token is cancelled, then drains: HTTP first, then the
-    /// consumer (deliveries in hand are handled and acked), then the workers (the relay
-    /// publishes what is committed).
-    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        self.0.run_until_stopped().await
-    }
+    let state = actix_web::web::Data::new(api::AppState { db });
+    Service::start(
+        base,
+        platform,
+        <api::ApiDoc as utoipa::OpenApi>::openapi(),
+        move |cfg| {
+            cfg.app_data(state.clone());
+            api::routes(cfg);
+        },
+        consumers,
+        workers,
+        shutdown,
+    )
+    .context("starting HTTP")
 }

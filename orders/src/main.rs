@@ -1,6 +1,6 @@
-//! The orders binary: config → telemetry → Application::build → run.
+//! The orders binary: config → telemetry → build → run.
 
-use orders::{Application, config::OrdersConfig};
+use orders::{build, config::OrdersConfig};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -8,6 +8,6 @@ async fn main() -> anyhow::Result<()> {
     let config = OrdersConfig::from_env()?;
     tracing::info!(?config, "starting orders");
     let shutdown = shared::shutdown::on_signal();
-    let app = Application::build(config, shutdown).await?;
+    let app = build(config, shutdown).await?;
     app.run_until_stopped().await
 }

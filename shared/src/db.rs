@@ -112,3 +112,44 @@ mod tests {
         assert_eq!(split_database_name("postgres://127.0.0.1:5432"), None);
     }
 }
+
+/// A service migration that runs one SQL script (kept in a `.sql` file next to the code).
+#[derive(Debug, Clone, Copy)]
+pub struct SqlMigration {
+    /// Its name in `seaql_migrations` (`m0100_<service>_<what>`); never renamed once applied.
+    pub name: &'static str,
+    /// The script.
+    pub sql: &'static str,
+}
+
+impl sea_orm_migration::MigrationName for SqlMigration {
+    fn name(&self) -> &str {
+        self.name
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl sea_orm_migration::MigrationTrait for SqlMigration {
+    async fn up(&self, manager: &sea_orm_migration::SchemaManager) -> Result<(), DbErr> {
+        manager
+            .get_connection()
+            .execute_unprepared(self.sql)
+            .await
+            .map(|_| ())
+    }
+}
+
+/// A service's migrations: the platform's tables first (idempotency keys, inbox, outbox),
+/// then the service's own scripts in order.
+pub fn platform_and(own: &[SqlMigration]) -> Vec<Box<dyn sea_orm_migration::MigrationTrait>> {
+    let mut all: Vec<Box<dyn sea_orm_migration::MigrationTrait>> = vec![
+        Box::new(crate::idempotency::Migration),
+        Box::new(crate::inbox::Migration),
+        Box::new(crate::outbox::Migration),
+    ];
+    all.extend(
+        own.iter()
+            .map(|m| Box::new(*m) as Box<dyn sea_orm_migration::MigrationTrait>),
+    );
+    all
+}

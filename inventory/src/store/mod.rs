@@ -14,59 +14,23 @@ use uuid::Uuid;
 
 pub mod saga;
 
-/// The inventory tables and functions.
-pub struct SchemaMigration;
-
-impl MigrationName for SchemaMigration {
-    fn name(&self) -> &str {
-        "m0100_inventory_schema"
-    }
-}
-
-#[async_trait::async_trait]
-impl MigrationTrait for SchemaMigration {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .get_connection()
-            .execute_unprepared(include_str!("schema.sql"))
-            .await
-            .map(|_| ())
-    }
-}
-
-/// The order saga's index, tombstones and hold adoption (`saga.sql`).
-pub struct SagaMigration;
-
-impl MigrationName for SagaMigration {
-    fn name(&self) -> &str {
-        "m0101_inventory_order_saga"
-    }
-}
-
-#[async_trait::async_trait]
-impl MigrationTrait for SagaMigration {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .get_connection()
-            .execute_unprepared(include_str!("saga.sql"))
-            .await
-            .map(|_| ())
-    }
-}
-
-/// The migrations, shared ones first.
+/// The migrations, the platform's first: the tables and the functions that guard stock
+/// (`schema.sql`), then the order saga's index, tombstones and hold adoption (`saga.sql`).
 pub struct Migrator;
 
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![
-            Box::new(shared::idempotency::Migration),
-            Box::new(shared::inbox::Migration),
-            Box::new(shared::outbox::Migration),
-            Box::new(SchemaMigration),
-            Box::new(SagaMigration),
-        ]
+        shared::db::platform_and(&[
+            shared::db::SqlMigration {
+                name: "m0100_inventory_schema",
+                sql: include_str!("schema.sql"),
+            },
+            shared::db::SqlMigration {
+                name: "m0101_inventory_order_saga",
+                sql: include_str!("saga.sql"),
+            },
+        ])
     }
 }
 

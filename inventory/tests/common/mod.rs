@@ -2,7 +2,7 @@
 //! broker prefix of its own.
 #![allow(dead_code, clippy::unwrap_used)]
 
-use inventory::{Application, config::InventoryConfig};
+use inventory::config::InventoryConfig;
 use reqwest::{Client, Response, StatusCode};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 use serde_json::{Value, json};
@@ -59,7 +59,7 @@ pub async fn spawn_app_with_pool(pool: u32) -> TestApp {
 /// Another instance on the same database and broker prefix (a second replica).
 pub async fn spawn_on(database_url: &str, prefix: &str, pool: u32) -> TestApp {
     let shutdown = Shutdown::new();
-    let app = Application::build(config(database_url, prefix, pool), shutdown.clone())
+    let app = inventory::build(config(database_url, prefix, pool), shutdown.clone())
         .await
         .expect("the service starts");
     let base = format!("http://127.0.0.1:{}", app.port());

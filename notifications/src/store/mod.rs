@@ -13,38 +13,16 @@ use shared::events::{DeliveryFailed, Envelope, OrderStatusChanged, StockChanged,
 use std::time::Duration;
 use uuid::Uuid;
 
-/// The notifications tables.
-pub struct SchemaMigration;
-
-impl MigrationName for SchemaMigration {
-    fn name(&self) -> &str {
-        "m0100_notifications_schema"
-    }
-}
-
-#[async_trait::async_trait]
-impl MigrationTrait for SchemaMigration {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .get_connection()
-            .execute_unprepared(include_str!("schema.sql"))
-            .await
-            .map(|_| ())
-    }
-}
-
-/// The migrations, shared ones first.
+/// The migrations, the platform's first.
 pub struct Migrator;
 
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![
-            Box::new(shared::idempotency::Migration),
-            Box::new(shared::inbox::Migration),
-            Box::new(shared::outbox::Migration),
-            Box::new(SchemaMigration),
-        ]
+        shared::db::platform_and(&[shared::db::SqlMigration {
+            name: "m0100_notifications_schema",
+            sql: include_str!("schema.sql"),
+        }])
     }
 }
 

@@ -63,7 +63,7 @@ async fn start_inventory(database_url: &str, prefix: &str, hold_seconds: i64) ->
         order_hold_seconds: hold_seconds,
     };
     let shutdown = Shutdown::new();
-    let app = inventory::Application::build(config, shutdown.clone())
+    let app = inventory::build(config, shutdown.clone())
         .await
         .expect("inventory starts");
     let base = format!("http://127.0.0.1:{}", app.port());
@@ -76,7 +76,7 @@ async fn start_inventory(database_url: &str, prefix: &str, hold_seconds: i64) ->
 
 pub async fn start_orders(database_url: &str, prefix: &str) -> Instance {
     let shutdown = Shutdown::new();
-    let app = orders::Application::build(orders_config(database_url, prefix), shutdown.clone())
+    let app = orders::build(orders_config(database_url, prefix), shutdown.clone())
         .await
         .expect("orders starts");
     let base = format!("http://127.0.0.1:{}", app.port());
