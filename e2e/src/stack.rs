@@ -6,12 +6,14 @@
 use notifications::receivers::{ApnsService, FcmService, WebPushService, WebPushSubscription};
 use notifications::worker::RetryPolicy;
 use reqwest::{Client, Method, Response, StatusCode};
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
+use sea_orm::DatabaseConnection;
 use serde_json::{Value, json};
 use shared::auth::{Role, mint_for};
 use shared::config::ServiceConfig;
 use shared::shutdown::Shutdown;
 use std::time::Duration;
+
+pub use shared::testing::{eventually, scalar};
 use uuid::Uuid;
 
 /// The HS256 secret every service of the stack checks tokens with.
@@ -547,31 +549,6 @@ pub fn staff(stores: &[&str]) -> String {
 /// A customer token.
 pub fn customer(id: &str) -> String {
     token(id, Role::Customer, &[])
-}
-
-/// Polls `check` every 50 ms for up to 20 s.
-pub async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    for _ in 0..400 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("never happened: {what}");
-}
-
-/// The first column of the first row, as i64.
-pub async fn scalar(db: &DatabaseConnection, sql: &str) -> i64 {
-    let row = db
-        .query_one_raw(Statement::from_string(DbBackend::Postgres, sql.to_owned()))
-        .await
-        .unwrap()
-        .unwrap();
-    row.try_get_by_index::<i64>(0).unwrap()
 }
 
 /// Asserts a problem+json answer of `status` and returns its body.

@@ -966,20 +966,6 @@ async fn stock_alert_requests_are_checked_and_belong_to_their_customer() {
     s.stop().await;
 }
 
-async fn rabbitmqctl(args: &[&str]) {
-    let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
-    let status = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("rabbitmqctl")
-            .args(&args)
-            .stdout(std::process::Stdio::null())
-            .status()
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    assert!(status.success(), "rabbitmqctl failed");
-}
-
 #[tokio::test]
 async fn broker_restart_in_a_burst_of_ready_orders_pushes_each_once() {
     let s = std::sync::Arc::new(stack_with_store().await);
@@ -1006,9 +992,9 @@ async fn broker_restart_in_a_burst_of_ready_orders_pushes_each_once() {
         })
     };
     ready(0..6).await.unwrap();
-    rabbitmqctl(&["stop_app"]).await;
+    shared::testing::rabbitmqctl(&["stop_app"]).await;
     ready(6..11).await.unwrap();
-    rabbitmqctl(&["start_app"]).await;
+    shared::testing::rabbitmqctl(&["start_app"]).await;
     ready(11..16).await.unwrap();
     let want = orders.len();
     for _ in 0..240 {

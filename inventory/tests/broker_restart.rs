@@ -12,20 +12,6 @@ use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::time::Duration;
 
-async fn rabbitmqctl(args: &[&str]) {
-    let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
-    let status = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("rabbitmqctl")
-            .args(&args)
-            .stdout(std::process::Stdio::null())
-            .status()
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    assert!(status.success(), "rabbitmqctl failed");
-}
-
 async fn probe_channel() -> lapin::Channel {
     for _ in 0..60 {
         if let Ok(conn) = lapin::Connection::connect(
@@ -91,15 +77,15 @@ async fn broker_restart_mid_flow_loses_no_stock_event() {
         .unwrap();
 
     adjust(&app, 10).await;
-    rabbitmqctl(&["stop_app"]).await;
+    shared::testing::rabbitmqctl(&["stop_app"]).await;
     // Writes go on while the broker is away; their events wait in the outbox.
     adjust(&app, 10).await;
     let ready = app.get("/health/ready", None).await;
     assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
     // Reads fall back to the database and stay exact.
     assert_eq!(app.availability("S1", "A").await["on_hand"], 20);
-    rabbitmqctl(&["start_app"]).await;
-    rabbitmqctl(&["await_startup"]).await;
+    shared::testing::rabbitmqctl(&["start_app"]).await;
+    shared::testing::rabbitmqctl(&["await_startup"]).await;
     adjust(&app, 10).await;
 
     let channel = probe_channel().await;

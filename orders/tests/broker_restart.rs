@@ -8,20 +8,6 @@ use common::*;
 use reqwest::StatusCode;
 use std::time::Duration;
 
-async fn rabbitmqctl(args: &[&str]) {
-    let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
-    let status = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("rabbitmqctl")
-            .args(&args)
-            .stdout(std::process::Stdio::null())
-            .status()
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    assert!(status.success(), "rabbitmqctl failed");
-}
-
 #[tokio::test]
 async fn broker_restart_in_a_burst_of_orders_loses_none() {
     let s = std::sync::Arc::new(spawn().await);
@@ -44,11 +30,11 @@ async fn broker_restart_in_a_burst_of_orders_loses_none() {
     };
     let first = burst(0, 30);
     tokio::time::sleep(Duration::from_millis(150)).await;
-    rabbitmqctl(&["stop_app"]).await;
+    shared::testing::rabbitmqctl(&["stop_app"]).await;
     // Orders keep being taken while the broker is away (they wait in the outbox).
     burst(30, 45).await.unwrap();
     first.await.unwrap();
-    rabbitmqctl(&["start_app"]).await;
+    shared::testing::rabbitmqctl(&["start_app"]).await;
     burst(45, 60).await.unwrap();
     let mut pending = i64::MAX;
     for _ in 0..240 {

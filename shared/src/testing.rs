@@ -77,3 +77,49 @@ pub fn assert_openapi_current(generated: &utoipa::openapi::OpenApi, path: &str, 
         "{path} is out of date: run `UPDATE_OPENAPI=1 cargo test -p {package} --test openapi`"
     );
 }
+
+/// Runs `rabbitmqctl ARGS` (the broker-restart tests stop and start the machine's broker);
+/// panics when it fails.
+pub async fn rabbitmqctl(args: &[&str]) {
+    let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+    let shown = args.join(" ");
+    let status = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("rabbitmqctl")
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .status()
+    })
+    .await
+    .expect("rabbitmqctl task")
+    .expect("rabbitmqctl runs");
+    assert!(status.success(), "rabbitmqctl {shown} failed");
+}
+
+/// Polls `check` every 50 ms for up to 20 s; panics naming `what` if it never holds.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    for _ in 0..400 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+/// The first column of the first row of `sql`, as an `i64` (counts, sums).
+pub async fn scalar(db: &DatabaseConnection, sql: &str) -> i64 {
+    use sea_orm::ConnectionTrait;
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            sql.to_owned(),
+        ))
+        .await
+        .expect("query")
+        .expect("a row");
+    row.try_get_by_index::<i64>(0).expect("an integer")
+}

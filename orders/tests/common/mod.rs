@@ -11,6 +11,8 @@ use shared::config::ServiceConfig;
 use shared::shutdown::Shutdown;
 use std::time::Duration;
 
+pub use shared::testing::{eventually, scalar};
+
 pub const SECRET: &str = "test-secret-for-orders";
 
 /// One running instance of a service.
@@ -144,21 +146,6 @@ pub fn staff(stores: &[&str]) -> String {
 }
 pub fn customer(id: &str) -> String {
     token(id, Role::Customer, &[])
-}
-
-/// Polls `check` every 50 ms for up to 15 s.
-pub async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    for _ in 0..300 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("never happened: {what}");
 }
 
 impl Stack {
@@ -371,15 +358,6 @@ pub fn order_body(store: &str, lines: &[(&str, i64)], hold: Option<&str>) -> Val
         body["reservation_id"] = json!(h);
     }
     body
-}
-
-pub async fn scalar(db: &DatabaseConnection, sql: &str) -> i64 {
-    let row = db
-        .query_one_raw(Statement::from_string(DbBackend::Postgres, sql.to_owned()))
-        .await
-        .unwrap()
-        .unwrap();
-    row.try_get_by_index::<i64>(0).unwrap()
 }
 
 /// Asserts a problem+json answer of `status` and returns its body.
