@@ -618,6 +618,15 @@ impl Probe {
 
     /// Every event that arrives within `wait`.
     pub async fn collect(&self, wait: Duration) -> Vec<Value> {
+        self.collect_traced(wait)
+            .await
+            .into_iter()
+            .map(|(e, _)| e)
+            .collect()
+    }
+
+    /// Every event that arrives within `wait`, with its `traceparent` header.
+    pub async fn collect_traced(&self, wait: Duration) -> Vec<(Value, Option<String>)> {
         let deadline = tokio::time::Instant::now() + wait;
         let mut out = Vec::new();
         loop {
@@ -630,7 +639,19 @@ impl Probe {
                 .await
                 .unwrap();
             match got {
-                Some(m) => out.push(serde_json::from_slice(&m.delivery.data).unwrap()),
+                Some(m) => {
+                    let trace = m
+                        .delivery
+                        .properties
+                        .headers()
+                        .as_ref()
+                        .and_then(|h| h.inner().get("traceparent").cloned())
+                        .and_then(|v| match v {
+                            lapin::types::AMQPValue::LongString(s) => Some(s.to_string()),
+                            _ => None,
+                        });
+                    out.push((serde_json::from_slice(&m.delivery.data).unwrap(), trace));
+                }
                 None if tokio::time::Instant::now() >= deadline => return out,
                 None => tokio::time::sleep(Duration::from_millis(50)).await,
             }

@@ -69,6 +69,10 @@ pub struct Envelope<T = serde_json::Value> {
     pub causation_id: Option<Uuid>,
     /// The event's own fields.
     pub data: T,
+    /// The W3C `traceparent` of what caused it. Travels as the AMQP header of that name
+    /// and beside the body in the outbox row, never inside the body.
+    #[serde(default, skip_serializing)]
+    pub traceparent: Option<String>,
 }
 
 impl<T: Serialize> Envelope<T> {
@@ -84,6 +88,8 @@ impl<T: Serialize> Envelope<T> {
             correlation_id: correlation_id.unwrap_or(id),
             causation_id: None,
             data,
+            // A span of the request or delivery being handled, when there is one.
+            traceparent: crate::trace::current().map(|t| t.child().to_string()),
         }
     }
 
@@ -105,6 +111,7 @@ impl<T: Serialize> Envelope<T> {
             correlation_id: self.correlation_id,
             causation_id: self.causation_id,
             data: serde_json::to_value(self.data)?,
+            traceparent: self.traceparent,
         })
     }
 }

@@ -78,6 +78,31 @@ impl Metrics {
     }
 }
 
+/// Middleware making each request part of a trace: the caller's `traceparent` when it
+/// sent a valid one (this request is a child span), a new trace otherwise. Everything the
+/// request publishes carries it on, and the answer names it in its own `traceparent`.
+pub async fn trace_requests(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let trace = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::trace::Traceparent::parse)
+        .map_or_else(crate::trace::Traceparent::root, |t| t.child());
+    let span = tracing::info_span!("request", trace_id = %trace.trace_id_hex());
+    let mut res =
+        crate::trace::scope(trace, tracing::Instrument::instrument(next.call(req), span)).await?;
+    if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&trace.to_string()) {
+        res.headers_mut().insert(
+            actix_web::http::header::HeaderName::from_static("traceparent"),
+            value,
+        );
+    }
+    Ok(res)
+}
+
 /// Middleware recording the request count and latency of every matched route.
 pub async fn record_metrics(
     req: ServiceRequest,

@@ -15,6 +15,7 @@
 //! - [`telemetry`]: JSON tracing logs.
 //! - [`shutdown`]: a signal every worker can wait on.
 //! - [`service`]: the run time every service shares (connect, serve, drain in order).
+//! - [`trace`]: W3C `traceparent` from HTTP through the outbox and the broker.
 //! - [`testing`]: fresh databases and broker prefixes for tests.
 
 pub mod auth;
@@ -32,3 +33,4 @@ pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 pub mod testing;
+pub mod trace;

@@ -173,8 +173,12 @@ pub async fn enqueue_many<'a, T: Serialize + 'a>(
     let rows = events
         .into_iter()
         .map(|(aggregate, envelope)| {
-            let payload = serde_json::to_value(envelope)
+            let mut payload = serde_json::to_value(envelope)
                 .map_err(|err| DbErr::Custom(format!("cannot encode the event: {err}")))?;
+            // Kept beside the body (the relay turns it into the AMQP header).
+            if let (Some(trace), Some(object)) = (&envelope.traceparent, payload.as_object_mut()) {
+                object.insert("traceparent".into(), trace.clone().into());
+            }
             Ok([
                 Value::from(envelope.id),
                 Value::from(aggregate),

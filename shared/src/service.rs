@@ -170,6 +170,7 @@ impl Service {
                 .configure(move |cfg| routes(cfg))
                 .split_for_parts();
             app.wrap(middleware::from_fn(crate::http::record_metrics))
+                .wrap(middleware::from_fn(crate::http::trace_requests))
                 .configure(crate::http::health_and_metrics)
                 .configure(|cfg| crate::http::docs(cfg, doc))
                 .default_service(web::route().to(crate::problem::not_found_route))

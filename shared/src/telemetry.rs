@@ -11,7 +11,8 @@ pub fn init() {
             fmt::layer()
                 .json()
                 .flatten_event(true)
-                .with_current_span(false),
+                .with_current_span(true)
+                .with_span_list(false),
         )
         .try_init();
 }

@@ -15,7 +15,8 @@ use uuid::Uuid;
 pub mod saga;
 
 /// The migrations, the platform's first: the tables and the functions that guard stock
-/// (`schema.sql`), then the order saga's index, tombstones and hold adoption (`saga.sql`).
+/// (`schema.sql`), then the order saga's index, tombstones and hold adoption (`saga.sql`),
+/// then the trace on events written in SQL (`trace.sql`).
 pub struct Migrator;
 
 #[async_trait::async_trait]
@@ -29,6 +30,10 @@ impl MigratorTrait for Migrator {
             shared::db::SqlMigration {
                 name: "m0101_inventory_order_saga",
                 sql: include_str!("saga.sql"),
+            },
+            shared::db::SqlMigration {
+                name: "m0102_inventory_event_trace",
+                sql: include_str!("trace.sql"),
             },
         ])
     }

@@ -15,7 +15,7 @@ use lapin::{
     },
     types::{AMQPValue, FieldTable},
 };
-use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait};
 use std::{future::Future, time::Duration};
 use tracing::Instrument;
 
@@ -286,15 +286,31 @@ impl<H: EventHandler> Consumer<H> {
                 return;
             }
         };
+        // The publisher's trace continues here (a new one when it sent none).
+        let trace = delivery
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get("traceparent").cloned())
+            .and_then(|v| match v {
+                lapin::types::AMQPValue::LongString(s) => {
+                    crate::trace::Traceparent::parse(&s.to_string())
+                }
+                _ => None,
+            })
+            .map_or_else(crate::trace::Traceparent::root, |t| t.child());
+        let mut envelope = envelope;
+        envelope.traceparent = Some(trace.to_string());
         let span = tracing::info_span!(
             "event",
             service = %self.service,
             event_type = %envelope.event_type,
             message_id = %envelope.id,
             correlation_id = %envelope.correlation_id,
+            trace_id = %trace.trace_id_hex(),
             redeliveries,
         );
-        async {
+        crate::trace::scope(trace, async {
             let outcome = match self.apply(&envelope).await {
                 Ok(()) => Outcome::Done,
                 Err(HandlerError::Permanent(err)) => {
@@ -319,13 +335,22 @@ impl<H: EventHandler> Consumer<H> {
             };
             settle(&delivery, outcome).await;
         }
-        .instrument(span)
+        .instrument(span))
         .await;
     }
 
     /// Inbox, handler and commit in one transaction; a duplicate changes nothing.
     async fn apply(&self, envelope: &Envelope) -> Result<(), HandlerError> {
         let txn = self.db.begin().await?;
+        if let Some(trace) = &envelope.traceparent {
+            // For events the handler's SQL writes itself (transaction-local).
+            txn.execute_raw(sea_orm::Statement::from_sql_and_values(
+                sea_orm::DbBackend::Postgres,
+                "SELECT set_config('clickcollect.traceparent', $1, true)",
+                [trace.clone().into()],
+            ))
+            .await?;
+        }
         if !inbox::record(&txn, &self.service, envelope.id).await? {
             tracing::debug!("already handled; acking the duplicate");
             rollback_quietly(txn).await;

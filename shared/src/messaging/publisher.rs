@@ -289,5 +289,16 @@ fn encode(envelope: &Envelope) -> Result<(ShortString, BasicProperties, Vec<u8>)
         .with_timestamp(u64::try_from(envelope.occurred_at.timestamp()).unwrap_or(0))
         .with_correlation_id(envelope.correlation_id.to_string().into())
         .with_app_id(source);
+    let properties = match &envelope.traceparent {
+        Some(trace) => {
+            let mut headers = lapin::types::FieldTable::default();
+            headers.insert(
+                "traceparent".into(),
+                lapin::types::AMQPValue::LongString(trace.as_str().into()),
+            );
+            properties.with_headers(headers)
+        }
+        None => properties,
+    };
     Ok((event_type, properties, body))
 }
