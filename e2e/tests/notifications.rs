@@ -1029,3 +1029,43 @@ async fn broker_restart_in_a_burst_of_ready_orders_pushes_each_once() {
         Err(_) => panic!("stack still shared"),
     }
 }
+
+#[tokio::test]
+async fn settled_deliveries_and_retired_alerts_past_retention_are_purged_and_open_ones_kept() {
+    use sea_orm::ConnectionTrait;
+    let s = Stack::spawn().await;
+    s.notifications_db
+        .execute_unprepared(
+            "INSERT INTO deliveries (id, dedupe_key, customer_id, device_id, kind, store_id, event_type, context, status, created_at)
+             VALUES (uuid_v7(), 'old-sent', 'c', uuid_v7(), 'fcm', 'S', 't', '{}', 'sent', now() - interval '40 days'),
+                    (uuid_v7(), 'old-open', 'c', uuid_v7(), 'fcm', 'S', 't', '{}', 'retrying', now() - interval '40 days'),
+                    (uuid_v7(), 'new-sent', 'c', uuid_v7(), 'fcm', 'S', 't', '{}', 'sent', now());
+             INSERT INTO stock_alerts (id, customer_id, store_id, sku, quantity, status, created_at)
+             VALUES (uuid_v7(), 'c', 'S', 'A', 1, 'fired', now() - interval '40 days'),
+                    (uuid_v7(), 'c', 'S', 'B', 1, 'waiting', now() - interval '40 days');",
+        )
+        .await
+        .unwrap();
+    let purged = notifications::store::purge_settled(
+        &s.notifications_db,
+        notifications::worker::LOG_RETENTION,
+    )
+    .await
+    .unwrap();
+    assert_eq!(purged, 2);
+    let left = scalar(
+        &s.notifications_db,
+        "SELECT count(*) FROM deliveries WHERE dedupe_key IN ('old-open', 'new-sent')",
+    )
+    .await;
+    assert_eq!(left, 2, "open and recent deliveries stay");
+    assert_eq!(
+        scalar(
+            &s.notifications_db,
+            "SELECT count(*) FROM stock_alerts WHERE status = 'waiting'"
+        )
+        .await,
+        1
+    );
+    s.stop().await;
+}

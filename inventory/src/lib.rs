@@ -59,13 +59,11 @@ pub async fn build(config: InventoryConfig, shutdown: Shutdown) -> anyhow::Resul
     let mut workers = Tasks::new();
     workers.spawn(|stop| view.clone().follow(platform.broker.clone(), stop));
     workers.spawn(|stop| {
-        workers::expiry_sweeper(
-            db.clone(),
-            view.clone(),
-            config.sweep_interval,
-            config.idempotency_retention,
-            stop,
-        )
+        workers::expiry_sweeper(db.clone(), view.clone(), config.sweep_interval, stop)
+    });
+    // Idempotency keys are kept for a day (retries come within minutes), inbox ids a week.
+    workers.spawn(|stop| {
+        shared::service::housekeeping(db.clone(), config.idempotency_retention, stop)
     });
     let relay = OutboxRelay::new(
         db.clone(),

@@ -71,6 +71,9 @@ pub async fn build(config: NotificationsConfig, shutdown: Shutdown) -> anyhow::R
         lease: config.lease,
     };
     workers.spawn(|stop| sender.run(stop));
+    workers.spawn(|stop| {
+        shared::service::housekeeping(db.clone(), std::time::Duration::from_secs(24 * 3600), stop)
+    });
     let relay = OutboxRelay::new(
         db.clone(),
         Publisher::new(platform.broker.clone()),

@@ -23,6 +23,9 @@ pub struct RetryPolicy {
     pub max_attempts: u32,
 }
 
+/// How long settled deliveries and retired alerts stay in the log.
+pub const LOG_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// Sends what the consumer and the alert matcher queued.
 pub struct DeliveryWorker {
     /// The notifications database.
@@ -47,7 +50,16 @@ impl DeliveryWorker {
     pub async fn run(self, stop: Shutdown) {
         let mut local = shared::outbox::local_commits();
         let mut failures = 0u32;
+        let mut last_purge = tokio::time::Instant::now();
         while !stop.is_cancelled() {
+            if last_purge.elapsed() >= Duration::from_secs(600) {
+                last_purge = tokio::time::Instant::now();
+                match store::purge_settled(&self.db, LOG_RETENTION).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(deleted = n, "old deliveries and alerts purged"),
+                    Err(err) => tracing::warn!(%err, "purging old deliveries failed"),
+                }
+            }
             let pause = match self.round().await {
                 Ok(claimed) if claimed >= self.batch as usize => {
                     failures = 0;

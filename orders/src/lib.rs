@@ -46,9 +46,11 @@ pub async fn build(config: OrdersConfig, shutdown: Shutdown) -> anyhow::Result<A
             db.clone(),
             config.sweep_interval,
             config.reminder_before,
-            config.idempotency_retention,
             stop,
         )
+    });
+    workers.spawn(|stop| {
+        shared::service::housekeeping(db.clone(), config.idempotency_retention, stop)
     });
     let relay = OutboxRelay::new(
         db.clone(),

@@ -12,18 +12,10 @@ pub async fn deadline_sweeper(
     db: DatabaseConnection,
     interval: Duration,
     reminder_before: Duration,
-    key_retention: Duration,
     shutdown: Shutdown,
 ) {
     let before = i64::try_from(reminder_before.as_secs()).unwrap_or(i64::MAX / 2);
-    let mut last_purge = tokio::time::Instant::now();
     loop {
-        if last_purge.elapsed() >= Duration::from_secs(60) {
-            last_purge = tokio::time::Instant::now();
-            if let Err(err) = shared::idempotency::purge(&db, key_retention, 5000).await {
-                tracing::warn!(error = %err, "idempotency key purge failed");
-            }
-        }
         loop {
             if shutdown.is_cancelled() {
                 return;

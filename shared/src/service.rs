@@ -229,3 +229,33 @@ impl Service {
         Ok(())
     }
 }
+
+/// How long handled message ids are kept in the inbox: far longer than any redelivery
+/// takes (a message waits in its queue at most through an outage).
+pub const INBOX_RETENTION: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+/// Every minute, drops `Idempotency-Key`s older than `key_retention` (a few thousand at a
+/// time) and inbox ids older than [`INBOX_RETENTION`], so both tables stay small. Safe in
+/// every replica (plain deletes of old rows).
+pub async fn housekeeping(
+    db: DatabaseConnection,
+    key_retention: std::time::Duration,
+    stop: Shutdown,
+) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+        }
+        match crate::idempotency::purge(&db, key_retention, 5000).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "old idempotency keys purged"),
+            Err(err) => tracing::warn!(error = %err, "idempotency key purge failed"),
+        }
+        match crate::inbox::purge(&db, INBOX_RETENTION).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "old inbox ids purged"),
+            Err(err) => tracing::warn!(error = %err, "inbox purge failed"),
+        }
+    }
+}

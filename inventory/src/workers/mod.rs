@@ -13,21 +13,9 @@ pub async fn expiry_sweeper(
     db: DatabaseConnection,
     view: Arc<AvailabilityView>,
     interval: Duration,
-    key_retention: Duration,
     shutdown: Shutdown,
 ) {
-    let mut last_purge = tokio::time::Instant::now();
     loop {
-        // Idempotency keys are kept for a day (retries come within minutes), then dropped
-        // a few thousand at a time so the table stays small.
-        if last_purge.elapsed() >= Duration::from_secs(60) {
-            last_purge = tokio::time::Instant::now();
-            match shared::idempotency::purge(&db, key_retention, 5000).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(deleted = n, "old idempotency keys purged"),
-                Err(err) => tracing::warn!(error = %err, "idempotency key purge failed"),
-            }
-        }
         // Drain everything due, one reservation per transaction (no lock-order cycles).
         loop {
             if shutdown.is_cancelled() {

@@ -755,3 +755,29 @@ pub async fn deliveries(
     .all(conn)
     .await
 }
+
+/// Deletes settled deliveries (sent, failed, dead) and retired alerts older than
+/// `older_than`: the log answers questions about recent pushes, not history.
+pub async fn purge_settled(
+    conn: &impl ConnectionTrait,
+    older_than: Duration,
+) -> Result<u64, DbErr> {
+    let seconds = older_than.as_secs_f64();
+    let deliveries = conn
+        .execute_raw(stmt(
+            "DELETE FROM deliveries WHERE status IN ('sent', 'failed', 'dead')
+               AND created_at < now() - make_interval(secs => $1)",
+            vec![seconds.into()],
+        ))
+        .await?
+        .rows_affected();
+    let alerts = conn
+        .execute_raw(stmt(
+            "DELETE FROM stock_alerts WHERE status IN ('fired', 'cancelled')
+               AND created_at < now() - make_interval(secs => $1)",
+            vec![seconds.into()],
+        ))
+        .await?
+        .rows_affected();
+    Ok(deliveries + alerts)
+}
