@@ -247,8 +247,41 @@ async fn a_subscription_answering_410_is_removed_and_not_tried_again() {
     s.stop().await;
 }
 
+/// Log lines of this test process (nextest runs each test in a process of its own).
+#[derive(Clone, Default)]
+struct CapturedLogs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl CapturedLogs {
+    /// Installs itself as the process's JSON log output (before the stack logs anything).
+    fn install() -> Self {
+        let logs = Self::default();
+        let writer = logs.clone();
+        let _ = tracing_subscriber::fmt()
+            .json()
+            .with_env_filter("info")
+            .with_writer(move || writer.clone())
+            .try_init();
+        logs
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
 #[tokio::test]
 async fn a_push_service_that_always_fails_ends_dead_and_delivery_failed_is_published() {
+    let logs = CapturedLogs::install();
     let s = stack_with_store().await;
     let failed = Probe::open(&s.prefix, "notifications.delivery.failed").await;
     s.count(STORE, "SKU-1", 5).await;
@@ -289,6 +322,16 @@ async fn a_push_service_that_always_fails_ends_dead_and_delivery_failed_is_publi
         s.webpush.attempts(&sub.endpoint),
         usize::try_from(max).unwrap()
     );
+    // The log says so, with what an operator needs to find it.
+    let dead_line = logs
+        .text()
+        .lines()
+        .find(|l| l.contains("push delivery dead"))
+        .map(str::to_owned)
+        .expect("an error line for the dead delivery");
+    assert!(dead_line.contains("\"level\":\"ERROR\""), "{dead_line}");
+    assert!(dead_line.contains(&order), "{dead_line}");
+    assert!(dead_line.contains(&device.to_string()), "{dead_line}");
     s.stop().await;
 }
 
