@@ -14,9 +14,10 @@ use sea_orm::{DatabaseConnection, DbErr};
 use std::sync::Arc;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-/// Most requests in one group.
+/// Most requests in one group (`RESERVE_GROUP_MAX`).
 const MAX_GROUP: usize = 64;
-/// Groups committing at once: one fills while others run and flush.
+/// Groups committing at once: one fills while others run and flush
+/// (`RESERVE_GROUPS_IN_FLIGHT`).
 const GROUPS_IN_FLIGHT: usize = 4;
 /// Requests waiting for a group before senders wait too.
 const QUEUE: usize = 4096;
@@ -32,7 +33,9 @@ impl Reserver {
     /// Starts the collecting task on the current runtime; it ends when the handle is dropped.
     pub fn start(db: DatabaseConnection) -> Arc<Self> {
         let (queue, requests) = mpsc::channel(QUEUE);
-        tokio::spawn(collect(db, requests));
+        let max_group = tuning("RESERVE_GROUP_MAX", MAX_GROUP);
+        let in_flight = tuning("RESERVE_GROUPS_IN_FLIGHT", GROUPS_IN_FLIGHT);
+        tokio::spawn(collect(db, requests, max_group, in_flight));
         Arc::new(Self { queue })
     }
 
@@ -49,8 +52,21 @@ impl Reserver {
     }
 }
 
-async fn collect(db: DatabaseConnection, mut requests: mpsc::Receiver<(ReserveCall, Reply)>) {
-    let slots = Arc::new(Semaphore::new(GROUPS_IN_FLIGHT));
+fn tuning(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(default)
+}
+
+async fn collect(
+    db: DatabaseConnection,
+    mut requests: mpsc::Receiver<(ReserveCall, Reply)>,
+    max_group: usize,
+    in_flight: usize,
+) {
+    let slots = Arc::new(Semaphore::new(in_flight));
     loop {
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             return;
@@ -60,7 +76,7 @@ async fn collect(db: DatabaseConnection, mut requests: mpsc::Receiver<(ReserveCa
             return;
         };
         let mut group = vec![first];
-        while group.len() < MAX_GROUP
+        while group.len() < max_group
             && let Ok(next) = requests.try_recv()
         {
             group.push(next);
