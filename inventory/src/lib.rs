@@ -11,6 +11,7 @@
 //!   that guard stock, `store/saga.sql` the order saga's index, tombstones and hold
 //!   adoption).
 //! - [`view`]: the in-memory availability view kept exact by LISTEN/NOTIFY, feeding SSE.
+//! - [`reserver`]: group commit for reservations made over HTTP (many per transaction).
 //! - [`api`]: HTTP handlers, one module per resource, and the OpenAPI document.
 //! - [`saga`]: the consumer of the orders service's events (the order saga): reserve,
 //!   adopt a checkout hold, reject, commit, release.
@@ -19,6 +20,7 @@
 pub mod api;
 pub mod config;
 pub mod domain;
+pub mod reserver;
 pub mod saga;
 pub mod store;
 pub mod view;
@@ -87,6 +89,7 @@ pub async fn build(config: InventoryConfig, shutdown: Shutdown) -> anyhow::Resul
     consumers.spawn(|stop| saga.run(stop));
 
     let state = actix_web::web::Data::new(api::AppState {
+        reserver: reserver::Reserver::start(db.clone()),
         db,
         view,
         shutdown: shutdown.clone(),

@@ -21,6 +21,8 @@ use utoipa::OpenApi;
 pub struct AppState {
     /// The inventory database.
     pub db: DatabaseConnection,
+    /// Reservations in groups, one commit for many.
+    pub reserver: Arc<crate::reserver::Reserver>,
     /// Levels and stores in memory.
     pub view: Arc<AvailabilityView>,
     /// Cancelled when the service stops (ends SSE streams).

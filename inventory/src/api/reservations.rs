@@ -151,8 +151,9 @@ pub async fn post_reservation(
         correlation: correlation(&req),
         causation: None,
     };
+    let id = call.id;
     let mark = state.view.mark();
-    let answer = store::reserve(&state.db, &call).await?;
+    let answer = state.reserver.reserve(call).await?;
     if answer.outcome == "created" {
         shared::outbox::wake_local_relays();
     }
@@ -163,7 +164,7 @@ pub async fn post_reservation(
         .unwrap_or(serde_json::Value::Null);
     match answer.outcome.as_str() {
         "created" => Ok(HttpResponse::Created()
-            .insert_header(("Location", format!("/v1/reservations/{}", call.id)))
+            .insert_header(("Location", format!("/v1/reservations/{id}")))
             .json(body)),
         "short" => Err(shortage_problem(body)),
         state_name => match idempotency::interpret(state_name, answer.status, Some(body))? {

@@ -15,8 +15,9 @@ use uuid::Uuid;
 pub mod saga;
 
 /// The migrations, the platform's first: the tables and the functions that guard stock
-/// (`schema.sql`), then the order saga's index, tombstones and hold adoption (`saga.sql`),
-/// then the trace on events written in SQL (`trace.sql`).
+/// (`schema.sql`), the order saga's index, tombstones and hold adoption (`saga.sql`),
+/// reservations in groups, one commit for many (`batch.sql`), and the trace on events
+/// written in SQL (`trace.sql`).
 pub struct Migrator;
 
 #[async_trait::async_trait]
@@ -32,7 +33,11 @@ impl MigratorTrait for Migrator {
                 sql: include_str!("saga.sql"),
             },
             shared::db::SqlMigration {
-                name: "m0102_inventory_event_trace",
+                name: "m0102_inventory_reserve_batch",
+                sql: include_str!("batch.sql"),
+            },
+            shared::db::SqlMigration {
+                name: "m0103_inventory_event_trace",
                 sql: include_str!("trace.sql"),
             },
         ])
@@ -485,17 +490,78 @@ pub async fn reserve(
         ))
         .await?
         .ok_or_else(|| DbErr::RecordNotFound("reserve returned nothing".into()))?;
-    let levels = match row.try_get::<Option<serde_json::Value>>("", "levels")? {
-        Some(v) => serde_json::from_value(v)
-            .map_err(|e| DbErr::Custom(format!("unreadable levels from reserve: {e}")))?,
-        None => Vec::new(),
-    };
-    Ok(ReserveAnswer {
-        outcome: row.try_get("", "outcome")?,
-        status: row.try_get("", "status")?,
-        body: row.try_get("", "body")?,
-        levels,
-    })
+    ReserveAnswer::from_row(&row)
+}
+
+impl ReserveAnswer {
+    fn from_row(row: &QueryResult) -> Result<Self, DbErr> {
+        let levels = match row.try_get::<Option<serde_json::Value>>("", "levels")? {
+            Some(v) => serde_json::from_value(v)
+                .map_err(|e| DbErr::Custom(format!("unreadable levels from reserve: {e}")))?,
+            None => Vec::new(),
+        };
+        Ok(Self {
+            outcome: row.try_get("", "outcome")?,
+            status: row.try_get("", "status")?,
+            body: row.try_get("", "body")?,
+            levels,
+        })
+    }
+}
+
+impl ReserveCall {
+    /// The request as `reserve_batch` reads it.
+    fn to_json(&self) -> serde_json::Value {
+        let (skus, quantities): (Vec<&str>, Vec<i64>) =
+            self.lines.iter().map(|(s, q)| (s.as_str(), *q)).unzip();
+        let idem = self.idempotency.as_ref();
+        serde_json::json!({
+            "id": self.id,
+            "store_id": self.store_id,
+            "skus": skus,
+            "quantities": quantities,
+            "channel": self.channel,
+            "reference": self.reference,
+            "owner": self.owner,
+            "order_id": self.order_id,
+            "ttl_seconds": self.ttl_seconds,
+            "correlation": self.correlation,
+            "causation": self.causation,
+            "idem_caller": idem.map(|k| &k.caller),
+            "idem_key": idem.map(|k| &k.key),
+            "idem_hash": idem.map(|k| &k.request_hash),
+        })
+    }
+}
+
+/// Many reservation requests in one statement and one commit; each is all or nothing on
+/// its own and gets its own answer, in the order of `calls`. An error means none of them
+/// happened (the statement is its own transaction).
+pub async fn reserve_batch(
+    db: &impl ConnectionTrait,
+    calls: &[ReserveCall],
+) -> Result<Vec<ReserveAnswer>, DbErr> {
+    let requests = serde_json::Value::Array(calls.iter().map(ReserveCall::to_json).collect());
+    let rows = db
+        .query_all_raw(stmt(
+            "SELECT idx, outcome, status, body, levels FROM reserve_batch($1)",
+            vec![requests.into()],
+        ))
+        .await?;
+    let mut answers: Vec<Option<ReserveAnswer>> = calls.iter().map(|_| None).collect();
+    for row in &rows {
+        let idx: i32 = row.try_get("", "idx")?;
+        let slot = usize::try_from(idx)
+            .ok()
+            .and_then(|i| i.checked_sub(1))
+            .and_then(|i| answers.get_mut(i))
+            .ok_or_else(|| DbErr::Custom(format!("reserve_batch answered for request {idx}")))?;
+        *slot = Some(ReserveAnswer::from_row(row)?);
+    }
+    answers
+        .into_iter()
+        .map(|a| a.ok_or_else(|| DbErr::Custom("reserve_batch left a request unanswered".into())))
+        .collect()
 }
 
 /// A reservation's JSON and its owner.

@@ -1,0 +1,212 @@
+//! Reservations in groups (`reserve_batch`): each request all or nothing with its own
+//! answer, the same rows and events as one made alone, idempotency keys as alone, and
+//! concurrent groups that neither oversell nor deadlock.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+use common::*;
+use inventory::store::{self, ReserveAnswer, ReserveCall};
+use reqwest::StatusCode;
+use serde_json::json;
+use shared::idempotency::IdempotencyKey;
+use std::sync::Arc;
+use uuid::Uuid;
+
+fn call(store_id: &str, lines: &[(&str, i64)], key: Option<(&str, &str)>) -> ReserveCall {
+    ReserveCall {
+        id: Uuid::now_v7(),
+        store_id: store_id.into(),
+        lines: lines.iter().map(|(s, q)| ((*s).to_owned(), *q)).collect(),
+        channel: "web".into(),
+        reference: "cart-batch".into(),
+        owner: "customer:batch".into(),
+        order_id: None,
+        ttl_seconds: 600,
+        correlation: Uuid::now_v7(),
+        causation: None,
+        idempotency: key.map(|(key, hash)| IdempotencyKey {
+            caller: "customer:batch".into(),
+            key: key.into(),
+            request_hash: hash.into(),
+        }),
+    }
+}
+
+fn outcome(a: &ReserveAnswer) -> (&str, Option<i32>) {
+    (a.outcome.as_str(), a.status)
+}
+
+#[tokio::test]
+async fn a_group_answers_each_request_as_if_it_had_come_alone() {
+    let app = spawn_app().await;
+    app.store("S1", 48.85, 2.35).await;
+    for sku in ["A", "B", "C"] {
+        app.stock("S1", sku, 10).await;
+    }
+    // A key already used, alone.
+    let first = store::reserve(&app.db, &call("S1", &[("C", 1)], Some(("done", "h1"))))
+        .await
+        .unwrap();
+    assert_eq!(outcome(&first), ("created", Some(201)));
+
+    let calls = vec![
+        call("S1", &[("B", 4)], Some(("k1", "h1"))),
+        call("S1", &[("A", 3), ("B", 3)], None),
+        call("S1", &[("A", 8)], None),
+        call("S1", &[("B", 2)], Some(("k1", "h1"))),
+        call("S1", &[("B", 2)], None),
+        call("S1", &[("C", 1)], Some(("done", "h1"))),
+        call("S1", &[("C", 1)], Some(("done", "other"))),
+        call("S1", &[("NONE", 1)], None),
+    ];
+    let answers = store::reserve_batch(&app.db, &calls).await.unwrap();
+    let got: Vec<_> = answers.iter().map(outcome).collect();
+    assert_eq!(
+        got,
+        vec![
+            ("created", Some(201)),
+            ("created", Some(201)),
+            // 10 - 3 left on A: short, and nothing of it changed.
+            ("short", Some(409)),
+            // The same key as the first, still in flight in this group.
+            ("running", None),
+            ("created", Some(201)),
+            ("replay", Some(201)),
+            ("mismatch", None),
+            ("short", Some(409)),
+        ]
+    );
+    assert_eq!(
+        answers[2].body,
+        Some(json!([{"sku": "A", "requested": 8, "available": 7}]))
+    );
+    assert_eq!(answers[5].body, first.body);
+    // A granted answer is the reservation as stored, and the level it left.
+    for (c, a) in calls
+        .iter()
+        .zip(&answers)
+        .filter(|(_, a)| a.outcome == "created")
+    {
+        let (stored, _) = store::get_reservation(&app.db, c.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.body.as_ref(), Some(&stored));
+        assert_eq!(a.levels.len(), c.lines.len());
+    }
+    assert_eq!(answers[4].levels[0].reserved, 9);
+
+    // Levels, lines and ledger agree; every change has its stock.changed, in revision
+    // order per level.
+    app.assert_invariants().await;
+    let reserved = |sku: &str| {
+        format!("SELECT reserved FROM stock_levels WHERE store_id = 'S1' AND sku = '{sku}'")
+    };
+    assert_eq!(
+        (
+            app.scalar(&reserved("A")).await,
+            app.scalar(&reserved("B")).await
+        ),
+        (3, 9)
+    );
+    let out_of_order = app
+        .scalar(
+            "SELECT count(*) FROM (
+                 SELECT (payload -> 'data' ->> 'revision')::bigint AS rev,
+                        lag((payload -> 'data' ->> 'revision')::bigint)
+                            OVER (PARTITION BY aggregate ORDER BY seq) AS prev
+                 FROM outbox WHERE routing_key = 'inventory.stock.changed') e
+             WHERE e.prev IS NOT NULL AND e.rev <> e.prev + 1",
+        )
+        .await;
+    assert_eq!(out_of_order, 0);
+    let b_revision = app
+        .scalar("SELECT revision FROM stock_levels WHERE store_id = 'S1' AND sku = 'B'")
+        .await;
+    let b_ledger = app
+        .scalar("SELECT count(*) FROM movements WHERE store_id = 'S1' AND sku = 'B'")
+        .await;
+    assert_eq!(b_revision, b_ledger);
+    // The key that went ahead replays the group's answer afterwards.
+    let again = store::reserve(&app.db, &calls[0]).await.unwrap();
+    assert_eq!(outcome(&again), ("replay", Some(201)));
+    assert_eq!(again.body, answers[0].body);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_groups_of_crossing_carts_never_oversell_or_deadlock() {
+    let app = Arc::new(spawn_app_with_pool(8).await);
+    app.store("S1", 48.85, 2.35).await;
+    let skus = ["A", "B", "C", "D"];
+    for sku in skus {
+        app.stock("S1", sku, 150).await;
+    }
+    let tasks: Vec<_> = (0..6)
+        .map(|t| {
+            let app = app.clone();
+            tokio::spawn(async move {
+                let mut granted = [0_i64; 4];
+                for round in 0..15 {
+                    // Carts and single lines over the four SKUs, in every order.
+                    let group: Vec<ReserveCall> = (0..8)
+                        .map(|i| {
+                            let a = (t + round + i) % 4;
+                            let b = (a + 1 + i % 3) % 4;
+                            if i % 2 == 0 {
+                                call("S1", &[(skus[a], 1)], None)
+                            } else {
+                                let mut lines = vec![(skus[a], 1), (skus[b], 2)];
+                                lines.sort();
+                                call("S1", &lines, None)
+                            }
+                        })
+                        .collect();
+                    let answers = store::reserve_batch(&app.db, &group).await.unwrap();
+                    for (c, a) in group.iter().zip(answers) {
+                        match a.outcome.as_str() {
+                            "created" => {
+                                for (sku, q) in &c.lines {
+                                    let k = skus.iter().position(|s| s == sku).unwrap();
+                                    granted[k] += q;
+                                }
+                            }
+                            "short" => {}
+                            other => panic!("unexpected {other}"),
+                        }
+                    }
+                }
+                granted
+            })
+        })
+        .collect();
+    let mut granted = [0_i64; 4];
+    for t in tasks {
+        for (k, g) in t.await.unwrap().into_iter().enumerate() {
+            granted[k] += g;
+        }
+    }
+    for (k, sku) in skus.iter().enumerate() {
+        let reserved = app
+            .scalar(&format!(
+                "SELECT reserved FROM stock_levels WHERE store_id = 'S1' AND sku = '{sku}'"
+            ))
+            .await;
+        assert_eq!(reserved, granted[k], "{sku}");
+        assert!(granted[k] <= 150, "{sku} oversold: {}", granted[k]);
+    }
+    app.assert_invariants().await;
+    // And over HTTP the same stock still answers as before.
+    let r = app
+        .reserve(
+            &customer("late"),
+            "S1",
+            json!([{"sku": "A", "quantity": 1}]),
+        )
+        .await;
+    assert!(matches!(
+        r.status(),
+        StatusCode::CREATED | StatusCode::CONFLICT
+    ));
+    Arc::into_inner(app).unwrap().stop().await;
+}
