@@ -6,8 +6,12 @@
 //! and hands each group to `reserve_batch`: one statement, one transaction, one flush.
 //! Each request is still all or nothing and gets its own answer; the database locks the
 //! group's rows in (store, SKU) order, so groups can't deadlock. A group that fails as a
-//! whole is retried one request at a time (each keeps its reservation id, so a group that
-//! did commit after all cannot be reserved twice: the retry hits the id's primary key).
+//! whole is retried one request at a time; each keeps its reservation id, and one found
+//! already stored (the group committed, then its answer was lost with the connection) is
+//! answered as created instead of being reserved again. When the database is out of reach
+//! the group fails at once instead of retrying its requests one by one. Requests naming an
+//! order (the unique index per order could fail a whole group) and requests whose client
+//! has gone away do not join a group.
 
 use crate::store::{self, ReserveAnswer, ReserveCall};
 use sea_orm::{DatabaseConnection, DbErr};
@@ -27,6 +31,7 @@ type Reply = oneshot::Sender<Result<ReserveAnswer, DbErr>>;
 /// The handle the HTTP handlers reserve through.
 pub struct Reserver {
     queue: mpsc::Sender<(ReserveCall, Reply)>,
+    db: DatabaseConnection,
 }
 
 impl Reserver {
@@ -35,12 +40,15 @@ impl Reserver {
         let (queue, requests) = mpsc::channel(QUEUE);
         let max_group = tuning("RESERVE_GROUP_MAX", MAX_GROUP);
         let in_flight = tuning("RESERVE_GROUPS_IN_FLIGHT", GROUPS_IN_FLIGHT);
-        tokio::spawn(collect(db, requests, max_group, in_flight));
-        Arc::new(Self { queue })
+        tokio::spawn(collect(db.clone(), requests, max_group, in_flight));
+        Arc::new(Self { queue, db })
     }
 
     /// Reserves all lines or none, in the next group to commit.
     pub async fn reserve(&self, call: ReserveCall) -> Result<ReserveAnswer, DbErr> {
+        if call.order_id.is_some() {
+            return store::reserve(&self.db, &call).await;
+        }
         let (reply, answer) = oneshot::channel();
         self.queue
             .send((call, reply))
@@ -90,7 +98,14 @@ async fn collect(
 }
 
 async fn run(db: &DatabaseConnection, group: Vec<(ReserveCall, Reply)>) {
-    let (calls, replies): (Vec<ReserveCall>, Vec<Reply>) = group.into_iter().unzip();
+    // Nobody waits for these any more: nothing is reserved for them.
+    let (calls, replies): (Vec<ReserveCall>, Vec<Reply>) = group
+        .into_iter()
+        .filter(|(_, reply)| !reply.is_closed())
+        .unzip();
+    if calls.is_empty() {
+        return;
+    }
     if calls.len() > 1 {
         match store::reserve_batch(db, &calls).await {
             Ok(answers) => {
@@ -101,12 +116,35 @@ async fn run(db: &DatabaseConnection, group: Vec<(ReserveCall, Reply)>) {
                 }
                 return;
             }
+            Err(DbErr::ConnectionAcquire(e)) => {
+                // Out of reach: one by one would only wait once per request.
+                tracing::warn!(error = %e, requests = calls.len(), "reservation group failed: no database connection");
+                for reply in replies {
+                    let _ = reply.send(Err(DbErr::Custom(format!("no database connection: {e}"))));
+                }
+                return;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, requests = calls.len(), "reservation group failed; retrying one by one");
             }
         }
     }
     for (call, reply) in calls.iter().zip(replies) {
-        let _ = reply.send(store::reserve(db, call).await);
+        let _ = reply.send(alone(db, call).await);
     }
+}
+
+/// One request on its own; one whose reservation is already stored (its group committed
+/// but the answer was lost) is answered as created, not reserved again.
+async fn alone(db: &DatabaseConnection, call: &ReserveCall) -> Result<ReserveAnswer, DbErr> {
+    if let Some((body, _)) = store::get_reservation(db, call.id).await? {
+        return Ok(ReserveAnswer {
+            outcome: "created".into(),
+            status: Some(201),
+            body: Some(body),
+            // The view learns the levels from their stock.changed events.
+            levels: Vec::new(),
+        });
+    }
+    store::reserve(db, call).await
 }

@@ -210,3 +210,30 @@ async fn concurrent_groups_of_crossing_carts_never_oversell_or_deadlock() {
     ));
     Arc::into_inner(app).unwrap().stop().await;
 }
+
+#[tokio::test]
+async fn a_cart_and_a_one_line_request_on_the_same_sku_leave_the_ledger_in_revision_order() {
+    let app = spawn_app().await;
+    app.store("S1", 48.85, 2.35).await;
+    for sku in ["B", "C"] {
+        app.stock("S1", sku, 10).await;
+    }
+    // The one-line request first in the group, the cart on B and C after it.
+    let calls = vec![
+        call("S1", &[("B", 1)], None),
+        call("S1", &[("B", 2), ("C", 2)], None),
+    ];
+    let answers = store::reserve_batch(&app.db, &calls).await.unwrap();
+    assert!(answers.iter().all(|a| a.outcome == "created"));
+    let out_of_order = app
+        .scalar(
+            "SELECT count(*) FROM (
+                 SELECT revision, lag(revision) OVER (PARTITION BY store_id, sku ORDER BY id) AS prev
+                 FROM movements WHERE store_id = 'S1') m
+             WHERE m.prev IS NOT NULL AND m.revision <> m.prev + 1",
+        )
+        .await;
+    assert_eq!(out_of_order, 0, "ledger rows follow the revisions");
+    app.assert_invariants().await;
+    app.stop().await;
+}

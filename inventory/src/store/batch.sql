@@ -49,8 +49,11 @@ BEGIN
     FOR req IN
         SELECT e.value AS r, e.ordinality::int AS i
         FROM jsonb_array_elements(p_requests) WITH ORDINALITY AS e
+        -- A cart before a one-line request of the same first SKU: carts write their rows at
+        -- once, one-line requests at the end, so this keeps ledger and outbox rows in
+        -- revision order (a cart's other SKUs all sort after its first).
         ORDER BY (e.value ->> 'store_id') COLLATE "C", (e.value -> 'skus' ->> 0) COLLATE "C",
-                 e.ordinality
+                 (jsonb_array_length(e.value -> 'skus') > 1) DESC, e.ordinality
     LOOP
         idx := req.i;
         status := NULL;
