@@ -18,7 +18,7 @@ use p256::pkcs8::{EncodePrivateKey, LineEnding};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// APNs refuses provider tokens older than an hour.
 const MAX_TOKEN_AGE_SECS: i64 = 3600;
@@ -118,45 +118,10 @@ impl ApnsService {
         format!("http://{}", self.inner.address)
     }
 
-    /// The next answers for that device token, then 200 (or the `always` answer).
-    pub fn script(&self, token: &str, replies: Vec<Reply>) {
-        self.inner.state.recorder.script(token, replies);
-    }
-
-    /// The answer for that token once its script is used up.
-    pub fn always(&self, token: &str, reply: Reply) {
-        self.inner.state.recorder.always(token, reply);
-    }
-
-    /// Accepted and verified pushes, in order.
-    pub fn received(&self) -> Vec<Received> {
-        self.inner.state.recorder.received()
-    }
-
-    /// Every request for that device token, whatever the answer.
-    pub fn attempts(&self, token: &str) -> usize {
-        self.inner.state.recorder.attempts(token)
-    }
-
     /// How many distinct provider tokens were presented (a sender that reuses its token
     /// shows 1).
     pub fn provider_tokens_seen(&self) -> usize {
         lock(&self.inner.state.provider_tokens).len()
-    }
-
-    /// Every failed protocol check.
-    pub fn violations(&self) -> Vec<String> {
-        self.inner.state.recorder.violations()
-    }
-
-    /// How many pushes were accepted so far.
-    pub fn received_count(&self) -> usize {
-        self.inner.state.recorder.received_count()
-    }
-
-    /// Waits until at least `n` pushes were accepted (or `timeout`); returns them all.
-    pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
-        self.inner.state.recorder.wait_for(n, timeout).await
     }
 }
 
@@ -398,4 +363,12 @@ fn parse_payload(bytes: &[u8]) -> Option<(String, String, BTreeMap<String, Strin
         })
         .collect();
     Some((title, text, data))
+}
+
+impl std::ops::Deref for ApnsService {
+    type Target = super::Recorder;
+
+    fn deref(&self) -> &super::Recorder {
+        &self.inner.state.recorder
+    }
 }

@@ -153,26 +153,6 @@ impl FcmService {
         PROJECT_ID
     }
 
-    /// The next answers for that registration token, then 200 (or the `always` answer).
-    pub fn script(&self, token: &str, replies: Vec<Reply>) {
-        self.inner.state.recorder.script(token, replies);
-    }
-
-    /// The answer for that token once its script is used up.
-    pub fn always(&self, token: &str, reply: Reply) {
-        self.inner.state.recorder.always(token, reply);
-    }
-
-    /// Accepted and verified messages, in order.
-    pub fn received(&self) -> Vec<Received> {
-        self.inner.state.recorder.received()
-    }
-
-    /// Every `messages:send` for that registration token, whatever the answer.
-    pub fn attempts(&self, token: &str) -> usize {
-        self.inner.state.recorder.attempts(token)
-    }
-
     /// How many access tokens the token endpoint issued.
     pub fn tokens_issued(&self) -> usize {
         self.inner.state.issued.load(Ordering::SeqCst)
@@ -191,21 +171,6 @@ impl FcmService {
     /// The lifetime (`expires_in`) of tokens issued from now on.
     pub fn set_token_lifetime(&self, lifetime: Duration) {
         *lock(&self.inner.state.token_lifetime) = lifetime;
-    }
-
-    /// Every failed protocol check.
-    pub fn violations(&self) -> Vec<String> {
-        self.inner.state.recorder.violations()
-    }
-
-    /// How many messages were accepted so far.
-    pub fn received_count(&self) -> usize {
-        self.inner.state.recorder.received_count()
-    }
-
-    /// Waits until at least `n` messages were accepted (or `timeout`); returns them all.
-    pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
-        self.inner.state.recorder.wait_for(n, timeout).await
     }
 }
 
@@ -530,6 +495,14 @@ fn google_error(
             "error": {"code": status, "message": message, "status": status_name, "details": details}
         }),
     )
+}
+
+impl std::ops::Deref for FcmService {
+    type Target = super::Recorder;
+
+    fn deref(&self) -> &super::Recorder {
+        &self.inner.state.recorder
+    }
 }
 
 #[cfg(test)]

@@ -97,9 +97,12 @@ struct Ledger {
     violations: Vec<String>,
 }
 
-/// The ledger behind a lock, and a signal for [`Recorder::wait_for`].
+/// What a stand-in saw and how it will answer, keyed by subscription endpoint (Web Push)
+/// or token (FCM, APNs). Every stand-in derefs to its recorder, so `script`, `always`,
+/// `received`, `attempts`, `violations`, `received_count` and `wait_for` are the same on
+/// all three.
 #[derive(Default)]
-struct Recorder {
+pub struct Recorder {
     ledger: Mutex<Ledger>,
     arrived: Notify,
 }
@@ -143,7 +146,8 @@ impl Recorder {
         self.arrived.notify_waiters();
     }
 
-    fn script(&self, key: &str, replies: Vec<Reply>) {
+    /// The next answers for that key, then success (or the `always` answer).
+    pub fn script(&self, key: &str, replies: Vec<Reply>) {
         self.lock()
             .scripts
             .entry(key.to_owned())
@@ -151,28 +155,33 @@ impl Recorder {
             .extend(replies);
     }
 
-    fn always(&self, key: &str, reply: Reply) {
+    /// The answer for that key once its script is used up.
+    pub fn always(&self, key: &str, reply: Reply) {
         self.lock().always.insert(key.to_owned(), reply);
     }
 
-    fn received(&self) -> Vec<Received> {
+    /// Accepted and verified (Web Push: decrypted) pushes, in order.
+    pub fn received(&self) -> Vec<Received> {
         self.lock().received.clone()
     }
 
-    fn attempts(&self, key: &str) -> usize {
+    /// Every request for that key, whatever the answer.
+    pub fn attempts(&self, key: &str) -> usize {
         self.lock().attempts.get(key).copied().unwrap_or(0)
     }
 
-    fn violations(&self) -> Vec<String> {
+    /// Every failed protocol check.
+    pub fn violations(&self) -> Vec<String> {
         self.lock().violations.clone()
     }
 
-    fn received_count(&self) -> usize {
+    /// How many pushes were accepted so far.
+    pub fn received_count(&self) -> usize {
         self.lock().received.len()
     }
 
     /// Waits until at least `n` pushes were accepted, or `timeout`; returns them all.
-    async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
+    pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             // Register for the signal before looking, so an arrival in between is not

@@ -19,7 +19,7 @@ use p256::elliptic_curve::Generate;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// RFC 8292 §2: a JWT may not expire more than 24 hours ahead (a minute of clock skew
 /// allowed).
@@ -123,45 +123,10 @@ impl WebPushService {
         *lock(&self.inner.state.expected_key) = Some(public_key_b64url.trim().to_owned());
     }
 
-    /// The next answers for that subscription, then 201 (or the `always` answer).
-    pub fn script(&self, endpoint: &str, replies: Vec<Reply>) {
-        self.inner.state.recorder.script(endpoint, replies);
-    }
-
-    /// The answer for that subscription once its script is used up.
-    pub fn always(&self, endpoint: &str, reply: Reply) {
-        self.inner.state.recorder.always(endpoint, reply);
-    }
-
-    /// Accepted, verified and decrypted pushes, in order.
-    pub fn received(&self) -> Vec<Received> {
-        self.inner.state.recorder.received()
-    }
-
-    /// Every request for that endpoint, whatever the answer.
-    pub fn attempts(&self, endpoint: &str) -> usize {
-        self.inner.state.recorder.attempts(endpoint)
-    }
-
-    /// Every failed protocol check.
-    pub fn violations(&self) -> Vec<String> {
-        self.inner.state.recorder.violations()
-    }
-
     /// How many distinct VAPID JWTs were presented (a sender that caches shows 1 per
     /// origin).
     pub fn jwts_seen(&self) -> usize {
         lock(&self.inner.state.jwts).len()
-    }
-
-    /// How many pushes were accepted so far.
-    pub fn received_count(&self) -> usize {
-        self.inner.state.recorder.received_count()
-    }
-
-    /// Waits until at least `n` pushes were accepted (or `timeout`); returns them all.
-    pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
-        self.inner.state.recorder.wait_for(n, timeout).await
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -373,4 +338,12 @@ fn check_vapid(state: &State, parts: &hyper::http::request::Parts) -> Result<(),
     }
     lock(&state.jwts).insert(jwt.to_owned());
     Ok(())
+}
+
+impl std::ops::Deref for WebPushService {
+    type Target = super::Recorder;
+
+    fn deref(&self) -> &super::Recorder {
+        &self.inner.state.recorder
+    }
 }
