@@ -13,7 +13,7 @@ use shared::config::ServiceConfig;
 use shared::shutdown::Shutdown;
 use std::time::Duration;
 
-pub use shared::testing::{eventually, scalar};
+pub use shared::testing::{eventually, problem, scalar, wait_ready};
 use uuid::Uuid;
 
 /// The HS256 secret every service of the stack checks tokens with.
@@ -519,18 +519,6 @@ impl Stack {
     }
 }
 
-async fn wait_ready(http: &Client, base: &str) {
-    for _ in 0..200 {
-        if let Ok(r) = http.get(format!("{base}/health/ready")).send().await
-            && r.status() == StatusCode::OK
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{base} never became ready");
-}
-
 /// A token of `role` for `sub`.
 pub fn token(sub: &str, role: Role, stores: &[&str]) -> String {
     mint_for(SECRET, sub, role, stores, 3600).unwrap()
@@ -549,23 +537,6 @@ pub fn staff(stores: &[&str]) -> String {
 /// A customer token.
 pub fn customer(id: &str) -> String {
     token(id, Role::Customer, &[])
-}
-
-/// Asserts a problem+json answer of `status` and returns its body.
-pub async fn problem(r: Response, status: StatusCode) -> Value {
-    assert_eq!(r.status(), status);
-    let ct = r
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
-    assert!(
-        ct.starts_with("application/problem+json"),
-        "content-type {ct}"
-    );
-    let body: Value = r.json().await.unwrap();
-    assert_eq!(body["status"], status.as_u16());
-    body
 }
 
 static PROBES: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());

@@ -267,8 +267,8 @@ pub async fn put_device(
     let device = body
         .json::<DeviceBody>()?
         .parse(state.allow_local_endpoints)?;
-    let known = store::devices(&state.db, &customer_id).await?;
-    if known.len() >= MAX_DEVICES && !known.iter().any(|d| d.device_id == device_id) {
+    let (count, known) = store::device_count(&state.db, &customer_id, device_id).await?;
+    if count >= MAX_DEVICES as i64 && !known {
         return Err(Problem::conflict(
             "too-many-devices",
             format!("a customer may register at most {MAX_DEVICES} devices; remove one first"),
@@ -345,8 +345,7 @@ pub async fn post_alert(
     }
     let locale = check_locale(&mut v, "locale", ask.locale.as_ref());
     v.finish()?;
-    let waiting = store::alerts(&state.db, &path, Some("waiting")).await?;
-    if waiting.len() >= MAX_WAITING_ALERTS {
+    if store::waiting_alerts(&state.db, &path).await? >= MAX_WAITING_ALERTS as i64 {
         return Err(Problem::conflict(
             "too-many-alerts",
             format!("at most {MAX_WAITING_ALERTS} alerts may wait at once"),

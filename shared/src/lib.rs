@@ -16,7 +16,8 @@
 //! - [`shutdown`]: a signal every worker can wait on.
 //! - [`service`]: the run time every service shares (connect, serve, drain in order).
 //! - [`trace`]: W3C `traceparent` from HTTP through the outbox and the broker.
-//! - [`testing`]: fresh databases and broker prefixes for tests.
+//! - `testing` (feature `testing`, for tests only): fresh databases, broker prefixes,
+//!   polling.
 
 pub mod auth;
 pub mod codes;
@@ -32,5 +33,6 @@ pub mod problem;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;
+#[cfg(feature = "testing")]
 pub mod testing;
 pub mod trace;

@@ -123,3 +123,36 @@ pub async fn scalar(db: &DatabaseConnection, sql: &str) -> i64 {
         .expect("a row");
     row.try_get_by_index::<i64>(0).expect("an integer")
 }
+
+/// Waits until `base` answers `/health/ready` with 200 (10 s at most); panics otherwise.
+pub async fn wait_ready(http: &reqwest::Client, base: &str) {
+    for _ in 0..200 {
+        if let Ok(r) = http.get(format!("{base}/health/ready")).send().await
+            && r.status() == reqwest::StatusCode::OK
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("{base} never became ready");
+}
+
+/// Asserts an RFC 9457 problem+json answer of `status` (content type, `type`, `title`,
+/// `detail`, the same `status` in the body) and returns its body.
+pub async fn problem(r: reqwest::Response, status: reqwest::StatusCode) -> serde_json::Value {
+    assert_eq!(r.status(), status);
+    let content_type = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        content_type.starts_with("application/problem+json"),
+        "content-type {content_type}"
+    );
+    let body: serde_json::Value = r.json().await.expect("a JSON body");
+    assert_eq!(body["status"], status.as_u16());
+    assert!(body["type"].is_string() && body["title"].is_string() && body["detail"].is_string());
+    body
+}

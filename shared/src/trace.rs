@@ -82,9 +82,20 @@ impl Traceparent {
         }
     }
 
-    /// The trace id as 32 hex digits (what logs carry).
-    pub fn trace_id_hex(&self) -> String {
-        hex::encode(self.trace_id)
+    /// The trace id as 32 hex digits (what logs carry), formatted only when a log line
+    /// is written: every request makes a span, so no string is built for it up front.
+    pub fn trace_id_hex(&self) -> TraceId {
+        TraceId(self.trace_id)
+    }
+}
+
+/// A trace id, displayed as 32 lower-case hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceId(pub [u8; 16]);
+
+impl fmt::Display for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
     }
 }
 
@@ -127,7 +138,10 @@ mod tests {
         let value = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let parsed = Traceparent::parse(value).unwrap();
         assert_eq!(parsed.to_string(), value);
-        assert_eq!(parsed.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(
+            parsed.trace_id_hex().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
         let child = parsed.child();
         assert_eq!(child.trace_id, parsed.trace_id);
         assert_ne!(child.span_id, parsed.span_id);

@@ -11,6 +11,9 @@ use shared::config::ServiceConfig;
 use shared::shutdown::Shutdown;
 use std::time::Duration;
 
+#[allow(unused_imports)] // not every test binary uses it
+pub use shared::testing::problem;
+
 pub const SECRET: &str = "test-secret-for-inventory";
 
 /// One running instance of the service.
@@ -242,24 +245,6 @@ impl TestApp {
         }
         delete_queues(&self.prefix).await;
     }
-}
-
-/// Asserts a problem+json answer of `status` and returns its body.
-pub async fn problem(r: Response, status: StatusCode) -> Value {
-    assert_eq!(r.status(), status);
-    let ct = r
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
-    assert!(
-        ct.starts_with("application/problem+json"),
-        "content-type {ct}"
-    );
-    let body: Value = r.json().await.unwrap();
-    assert_eq!(body["status"], status.as_u16());
-    assert!(body["type"].is_string() && body["title"].is_string() && body["detail"].is_string());
-    body
 }
 
 /// A queue of the test's own, bound to `routing_key` on the service's events exchange.

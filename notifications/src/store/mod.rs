@@ -161,6 +161,28 @@ pub async fn devices(
     .await
 }
 
+/// How many devices the customer has, and whether `device_id` is one of them.
+pub async fn device_count(
+    conn: &impl ConnectionTrait,
+    customer_id: &str,
+    device_id: Uuid,
+) -> Result<(i64, bool), DbErr> {
+    #[derive(FromQueryResult)]
+    struct Count {
+        devices: i64,
+        known: bool,
+    }
+    let row = Count::find_by_statement(stmt(
+        "SELECT count(*) AS devices, coalesce(bool_or(device_id = $2), false) AS known
+         FROM devices WHERE customer_id = $1",
+        vec![customer_id.into(), device_id.into()],
+    ))
+    .one(conn)
+    .await?
+    .ok_or_else(|| DbErr::Custom("no count".into()))?;
+    Ok((row.devices, row.known))
+}
+
 /// Removes a device; `false` when there was none.
 pub async fn delete_device(
     conn: &impl ConnectionTrait,
@@ -262,6 +284,21 @@ pub async fn alerts(
     ))
     .all(conn)
     .await
+}
+
+/// How many alerts of the customer wait (over the partial index of waiting alerts).
+pub async fn waiting_alerts(conn: &impl ConnectionTrait, customer_id: &str) -> Result<i64, DbErr> {
+    #[derive(FromQueryResult)]
+    struct Count {
+        waiting: i64,
+    }
+    Ok(Count::find_by_statement(stmt(
+        "SELECT count(*) AS waiting FROM stock_alerts WHERE customer_id = $1 AND status = 'waiting'",
+        vec![customer_id.into()],
+    ))
+    .one(conn)
+    .await?
+    .map_or(0, |c| c.waiting))
 }
 
 /// One alert of a customer.

@@ -11,7 +11,8 @@ use shared::config::ServiceConfig;
 use shared::shutdown::Shutdown;
 use std::time::Duration;
 
-pub use shared::testing::{eventually, scalar};
+#[allow(unused_imports)] // not every test binary uses them all
+pub use shared::testing::{eventually, problem, scalar, wait_ready};
 
 pub const SECRET: &str = "test-secret-for-orders";
 
@@ -121,18 +122,6 @@ pub async fn spawn_with(replicas: usize, hold_seconds: i64) -> Stack {
         wait_ready(&stack.http, base).await;
     }
     stack
-}
-
-async fn wait_ready(http: &Client, base: &str) {
-    for _ in 0..200 {
-        if let Ok(r) = http.get(format!("{base}/health/ready")).send().await
-            && r.status() == StatusCode::OK
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{base} never became ready");
 }
 
 pub fn token(sub: &str, role: Role, stores: &[&str]) -> String {
@@ -357,23 +346,6 @@ pub fn order_body(store: &str, lines: &[(&str, i64)], hold: Option<&str>) -> Val
     if let Some(h) = hold {
         body["reservation_id"] = json!(h);
     }
-    body
-}
-
-/// Asserts a problem+json answer of `status` and returns its body.
-pub async fn problem(r: Response, status: StatusCode) -> Value {
-    assert_eq!(r.status(), status);
-    let ct = r
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
-    assert!(
-        ct.starts_with("application/problem+json"),
-        "content-type {ct}"
-    );
-    let body: Value = r.json().await.unwrap();
-    assert_eq!(body["status"], status.as_u16());
     body
 }
 
