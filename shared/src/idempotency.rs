@@ -257,12 +257,29 @@ where
 {
     let key = IdempotencyKey::from_request(req, &caller.identity(), &body.0)?;
     let txn = db.begin().await?;
-    if let Some(key) = &key
-        && let Begin::Replay { status, body } = begin(&txn, key).await?
-    {
-        return Ok((replay_response(status, body), None));
+    // Every way out ends the transaction before answering: a dropped one is rolled back
+    // only when its connection is next used, and until then it keeps the key's advisory
+    // lock, so a retry landing on another connection would be told "still running".
+    if let Some(key) = &key {
+        match begin(&txn, key).await {
+            Ok(Begin::Proceed) => {}
+            Ok(Begin::Replay { status, body }) => {
+                txn.rollback().await?;
+                return Ok((replay_response(status, body), None));
+            }
+            Err(problem) => {
+                txn.rollback().await?;
+                return Err(problem);
+            }
+        }
     }
-    let (status, value, after) = write(&txn).await?;
+    let (status, value, after) = match write(&txn).await {
+        Ok(done) => done,
+        Err(problem) => {
+            txn.rollback().await?;
+            return Err(problem);
+        }
+    };
     if let Some(key) = &key {
         finish(&txn, key, status.as_u16(), &value).await?;
     }
