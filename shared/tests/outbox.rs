@@ -2,8 +2,9 @@
 
 mod messaging_support;
 
+use lapin::types::AMQPValue;
 use messaging_support::{count, eventually, test_env};
-use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement, TransactionTrait};
 use sea_orm_migration::{MigrationTrait, SchemaManager};
 use serde_json::json;
 use shared::{
@@ -26,6 +27,58 @@ fn stock_changed(aggregate: &str, n: i64) -> Envelope {
         json!({ "aggregate": aggregate, "n": n }),
         None,
     )
+}
+
+/// `envelope` with a `traceparent`, which travels as a header.
+fn traced(mut envelope: Envelope, span: u8) -> Envelope {
+    envelope.traceparent = Some(format!(
+        "00-0af7651916cd43dd8448eb211c80319c-00000000000000{span:02x}-01"
+    ));
+    envelope
+}
+
+/// The envelope as the outbox stores it: its `traceparent` beside the other fields.
+fn stored(envelope: &Envelope) -> serde_json::Value {
+    let mut payload = serde_json::to_value(envelope).expect("json");
+    if let Some(trace) = &envelope.traceparent {
+        payload["traceparent"] = trace.clone().into();
+    }
+    payload
+}
+
+/// Writes one outbox row of `payload`, as a writer that bundles a transaction's events
+/// does.
+async fn insert_row(db: &DatabaseConnection, aggregate: &str, payload: serde_json::Value) {
+    db.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "INSERT INTO outbox (id, aggregate, routing_key, payload) VALUES ($1, $2, $3, $4)",
+        [
+            uuid::Uuid::now_v7().into(),
+            aggregate.into(),
+            types::STOCK_CHANGED.into(),
+            payload.into(),
+        ],
+    ))
+    .await
+    .expect("insert");
+}
+
+/// One row holding all of `envelopes`.
+async fn enqueue_bundle(db: &DatabaseConnection, aggregate: &str, envelopes: &[&Envelope]) {
+    let payload = envelopes.iter().map(|envelope| stored(envelope)).collect();
+    insert_row(db, aggregate, serde_json::Value::Array(payload)).await;
+}
+
+/// The ids of `deliveries`' bodies, in order.
+fn ids(deliveries: &[lapin::message::Delivery]) -> Vec<uuid::Uuid> {
+    deliveries
+        .iter()
+        .map(|delivery| {
+            serde_json::from_slice::<Envelope>(&delivery.data)
+                .expect("envelope")
+                .id
+        })
+        .collect()
 }
 
 fn relay(env: &messaging_support::TestEnv) -> OutboxRelay {
@@ -374,5 +427,298 @@ async fn rows_of_an_aggregate_without_a_revision_go_out_one_per_round_in_order()
         );
     }
     assert_eq!(relay.pending_count().await.expect("count"), 0);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_bundle_row_reaches_a_bound_queue_as_one_message_per_envelope_in_order() {
+    let env = test_env("outbox_bundle").await;
+    env.declare(SERVICE, &[types::STOCK_CHANGED, types::STORE_UPSERTED])
+        .await;
+    let bundle: Vec<Envelope> = (0..5)
+        .map(|n| {
+            let event_type = if n == 2 {
+                types::STORE_UPSERTED
+            } else {
+                types::STOCK_CHANGED
+            };
+            let event = Envelope::new(event_type, "inventory", json!({ "n": n }), None);
+            // Some with a trace, some without.
+            if n % 2 == 0 { traced(event, n) } else { event }
+        })
+        .collect();
+    enqueue_bundle(&env.db, "store:S1", &bundle.iter().collect::<Vec<_>>()).await;
+
+    let report = relay(&env).drain_once().await.expect("drain");
+
+    assert_eq!(
+        (report.claimed, report.published, report.messages),
+        (1, 1, 5)
+    );
+    assert_eq!(outbox::pending_count(&env.db).await.expect("pending"), 0);
+    let queue = env.topology.service_queue(SERVICE);
+    let received = env.take(&queue, 6, Duration::from_secs(1)).await;
+    assert_eq!(received.len(), 5);
+    for (delivery, sent) in received.iter().zip(&bundle) {
+        assert_eq!(delivery.routing_key.as_str(), sent.event_type);
+        let properties = &delivery.properties;
+        let text = |value: &Option<lapin::types::ShortString>| {
+            value.as_ref().map(|value| value.to_string())
+        };
+        assert_eq!(text(properties.message_id()), Some(sent.id.to_string()));
+        assert_eq!(text(properties.kind()), Some(sent.event_type.clone()));
+        assert_eq!(
+            text(properties.content_type()).as_deref(),
+            Some("application/json")
+        );
+        assert_eq!(*properties.delivery_mode(), Some(2));
+        assert_eq!(
+            *properties.timestamp(),
+            Some(u64::try_from(sent.occurred_at.timestamp()).expect("after 1970"))
+        );
+        assert_eq!(
+            text(properties.correlation_id()),
+            Some(sent.correlation_id.to_string())
+        );
+        assert_eq!(text(properties.app_id()), Some(sent.source.clone()));
+        let header = properties
+            .headers()
+            .as_ref()
+            .and_then(|headers| headers.inner().get("traceparent").cloned());
+        let header = match header {
+            Some(AMQPValue::LongString(trace)) => Some(trace.to_string()),
+            None => None,
+            Some(other) => panic!("traceparent header {other:?}"),
+        };
+        assert_eq!(header, sent.traceparent);
+        let body: serde_json::Value = serde_json::from_slice(&delivery.data).expect("json");
+        assert!(body.get("traceparent").is_none(), "stripped from the body");
+        assert_eq!(body, serde_json::to_value(sent).expect("json"));
+    }
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_bundle_with_an_unroutable_envelope_stays_unpublished_and_goes_out_whole_later() {
+    let env = test_env("outbox_bundle_unroutable").await;
+    env.declare(SERVICE, &[types::STOCK_CHANGED]).await;
+    let before = stock_changed("store:S1", 1);
+    let nobody_listens = Envelope::new("test.bound.later", "inventory", json!({}), None);
+    let after = stock_changed("store:S1", 2);
+    enqueue_bundle(&env.db, "store:S1", &[&before, &nobody_listens, &after]).await;
+    let relay = relay(&env);
+
+    let first = relay.drain_once().await.expect("drain");
+
+    assert_eq!((first.published, first.failed, first.messages), (0, 1, 0));
+    assert_eq!(relay.pending_count().await.expect("pending"), 1);
+    let failed = count(
+        &env.db,
+        "SELECT count(*) AS n FROM outbox
+         WHERE published_at IS NULL AND attempts = 1
+           AND last_error LIKE 'message 2 of 3: no queue is bound%'",
+    )
+    .await;
+    assert_eq!(
+        failed, 1,
+        "the row counts the attempt and names the message"
+    );
+    let queue = env.topology.service_queue(SERVICE);
+    // The routable ones went out; they go again with the rest (inboxes absorb them).
+    let partial = env.take(&queue, 3, Duration::from_secs(1)).await;
+    assert_eq!(ids(&partial), [before.id, after.id]);
+
+    env.declare(SERVICE, &["test.bound.later"]).await;
+    let second = relay.drain_once().await.expect("drain");
+
+    assert_eq!((second.published, second.messages), (1, 3));
+    assert_eq!(relay.pending_count().await.expect("pending"), 0);
+    let whole = env.take(&queue, 4, Duration::from_secs(1)).await;
+    assert_eq!(ids(&whole), [before.id, nobody_listens.id, after.id]);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn bundles_and_single_rows_of_an_aggregate_go_out_in_seq_order() {
+    let env = test_env("outbox_bundle_order").await;
+    env.declare(SERVICE, &[types::STOCK_CHANGED]).await;
+    let events: Vec<Envelope> = (0..7).map(|n| stock_changed("stock:S1:A", n)).collect();
+    let [e0, e1, e2, e3, e4, e5, e6] = &events[..] else {
+        unreachable!("seven events")
+    };
+    outbox::enqueue(&env.db, "stock:S1:A", e0)
+        .await
+        .expect("enqueue");
+    enqueue_bundle(&env.db, "stock:S1:A", &[e1, e2, e3]).await;
+    outbox::enqueue(&env.db, "stock:S1:A", e4)
+        .await
+        .expect("enqueue");
+    enqueue_bundle(&env.db, "stock:S1:A", &[e5]).await;
+    outbox::enqueue(&env.db, "stock:S1:A", e6)
+        .await
+        .expect("enqueue");
+
+    // A pipelined aggregate: every row in one round.
+    let report = relay(&env).drain_once().await.expect("drain");
+
+    assert_eq!(
+        (report.claimed, report.published, report.messages),
+        (5, 5, 7)
+    );
+    let queue = env.topology.service_queue(SERVICE);
+    let received = env.take(&queue, 8, Duration::from_secs(1)).await;
+    let sent: Vec<uuid::Uuid> = events.iter().map(|event| event.id).collect();
+    assert_eq!(ids(&received), sent);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_bundle_is_one_row_of_an_aggregate_without_a_revision() {
+    let env = test_env("outbox_bundle_one_per_round").await;
+    env.declare(SERVICE, &[types::STOCK_CHANGED]).await;
+    let first: Vec<Envelope> = (0..3).map(|n| stock_changed("reservation:R1", n)).collect();
+    let second = stock_changed("reservation:R1", 3);
+    enqueue_bundle(&env.db, "reservation:R1", &first.iter().collect::<Vec<_>>()).await;
+    outbox::enqueue(&env.db, "reservation:R1", &second)
+        .await
+        .expect("enqueue");
+    let relay = relay(&env);
+
+    let round = relay.drain_once().await.expect("drain");
+    assert_eq!(
+        (round.published, round.messages, round.held_back),
+        (1, 3, 1)
+    );
+    let round = relay.drain_once().await.expect("drain");
+    assert_eq!((round.published, round.messages), (1, 1));
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_bundle_with_an_unreadable_envelope_sends_nothing_and_holds_its_aggregate() {
+    let env = test_env("outbox_bundle_unreadable").await;
+    env.declare(SERVICE, &[types::STOCK_CHANGED]).await;
+    let good = stock_changed("stock:S1:A", 1);
+    let later = stock_changed("stock:S1:A", 2);
+    let mut no_id = stored(&stock_changed("stock:S1:A", 0));
+    no_id["id"] = "not-a-uuid".into();
+    insert_row(
+        &env.db,
+        "stock:S1:A",
+        serde_json::Value::Array(vec![stored(&good), no_id]),
+    )
+    .await;
+    outbox::enqueue(&env.db, "stock:S1:A", &later)
+        .await
+        .expect("enqueue");
+
+    let report = relay(&env).drain_once().await.expect("drain");
+
+    assert_eq!(
+        (report.published, report.failed, report.held_back),
+        (0, 1, 1)
+    );
+    let failed = count(
+        &env.db,
+        r#"SELECT count(*) AS n FROM outbox
+           WHERE attempts = 1
+             AND last_error = 'unreadable payload: message 2 of 2: "id" is no UUID'"#,
+    )
+    .await;
+    assert_eq!(failed, 1);
+    let queue = env.topology.service_queue(SERVICE);
+    assert!(
+        env.take(&queue, 1, Duration::from_millis(300))
+            .await
+            .is_empty()
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_empty_bundle_is_published_without_a_message() {
+    let env = test_env("outbox_bundle_empty").await;
+    env.declare(SERVICE, &[types::STOCK_CHANGED]).await;
+    insert_row(&env.db, "store:S1", json!([])).await;
+    let next = stock_changed("store:S1", 1);
+    outbox::enqueue(&env.db, "store:S1", &next)
+        .await
+        .expect("enqueue");
+    let relay = relay(&env);
+
+    let first = relay.drain_once().await.expect("drain");
+    assert_eq!(
+        (first.published, first.messages, first.held_back),
+        (1, 0, 1)
+    );
+    let second = relay.drain_once().await.expect("drain");
+    assert_eq!((second.published, second.messages), (1, 1));
+    let queue = env.topology.service_queue(SERVICE);
+    assert_eq!(
+        ids(&env.take(&queue, 2, Duration::from_secs(1)).await),
+        [next.id]
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_published_bundle_is_marked_when_rows_are_retained() {
+    let env = test_env("outbox_bundle_retained").await;
+    env.declare(SERVICE, &[types::STOCK_CHANGED]).await;
+    let events: Vec<Envelope> = (0..2).map(|n| stock_changed("stock:S1:A", n)).collect();
+    enqueue_bundle(&env.db, "stock:S1:A", &events.iter().collect::<Vec<_>>()).await;
+    let relay = relay(&env).with_retention(Some(Duration::from_secs(3600)));
+
+    let report = relay.drain_once().await.expect("drain");
+
+    assert_eq!((report.published, report.messages), (1, 2));
+    let marked = count(
+        &env.db,
+        "SELECT count(*) AS n FROM outbox WHERE published_at IS NOT NULL AND attempts = 0",
+    )
+    .await;
+    assert_eq!(marked, 1);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_row_waits_while_another_relay_holds_an_earlier_row_of_its_aggregate() {
+    let env = test_env("outbox_gap").await;
+    env.declare(SERVICE, &[types::STOCK_CHANGED]).await;
+    let held = stock_changed("stock:S1:A", 0);
+    let waiting = stock_changed("stock:S1:A", 1);
+    let other = stock_changed("stock:S1:B", 0);
+    outbox::enqueue_many(
+        &env.db,
+        [
+            ("stock:S1:A", &held),
+            ("stock:S1:A", &waiting),
+            ("stock:S1:B", &other),
+        ],
+    )
+    .await
+    .expect("enqueue");
+    // Another relay in the middle of publishing the first row.
+    let other_relay = env.db.begin().await.expect("begin");
+    other_relay
+        .execute_unprepared(
+            "SELECT seq FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT 1 FOR UPDATE",
+        )
+        .await
+        .expect("lock");
+    let relay = relay(&env);
+
+    let report = relay.drain_once().await.expect("drain");
+
+    assert_eq!(
+        (report.claimed, report.published, report.deferred),
+        (2, 1, 1)
+    );
+    other_relay.rollback().await.expect("rollback");
+    let rest = relay.drain_once().await.expect("drain");
+    assert_eq!(rest.published, 2);
+    let queue = env.topology.service_queue(SERVICE);
+    let received = ids(&env.take(&queue, 4, Duration::from_secs(1)).await);
+    assert_eq!(received, [other.id, held.id, waiting.id]);
     env.cleanup().await;
 }

@@ -20,7 +20,7 @@ mod topology;
 pub use broker::Broker;
 pub use catalog::{BINDINGS, bindings_of, declare_all};
 pub use consumer::{Consumer, EventHandler, HandlerError};
-pub use publisher::{PublishError, Publisher};
+pub use publisher::{PublishError, Publisher, RawMessage};
 pub use subscription::Subscription;
 pub use topology::{DELIVERY_LIMIT, Topology};
 

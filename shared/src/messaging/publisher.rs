@@ -1,17 +1,21 @@
-//! Publishing envelopes with publisher confirms, one at a time or pipelined.
+//! Publishing envelopes with publisher confirms, one at a time or pipelined; envelopes
+//! already encoded (the outbox relay's) go out as they are.
 
 use super::{Broker, BrokerError, topology::name};
 use crate::events::Envelope;
+use futures::future::{MaybeDone, maybe_done};
 use lapin::{
     BasicProperties, Channel, Confirmation,
     options::{BasicPublishOptions, ConfirmSelectOptions},
     types::ShortString,
 };
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::HashMap, pin::Pin, sync::Arc, task::Poll, time::Duration};
 use tokio::sync::Mutex;
 
 /// How long a batch may wait for the broker's confirms before we give up on them.
 const DEFAULT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+/// Publishes handed to the connection at once (see [`in_order`]).
+const SEND_WINDOW: usize = 256;
 /// `delivery_mode` 2: written to disk (quorum queues persist regardless; classic ones
 /// bound by a policy later would not without it).
 const PERSISTENT: u8 = 2;
@@ -112,17 +116,40 @@ impl Publisher {
     /// one message at a time far slower than many in flight). One result per envelope,
     /// in order; `Ok` only on an ack with no `basic.return`.
     pub async fn publish_batch(&self, envelopes: &[Envelope]) -> Vec<Result<(), PublishError>> {
-        if envelopes.is_empty() {
+        let mut encoded = Vec::with_capacity(envelopes.len());
+        let mut unencodable = Vec::new();
+        for (index, envelope) in envelopes.iter().enumerate() {
+            match RawMessage::from_envelope(envelope) {
+                Ok(message) => encoded.push(message),
+                Err(err) => unencodable.push((index, err)),
+            }
+        }
+        let mut results = self.publish_raw_batch(encoded).await;
+        // In ascending order, each lands at its envelope's position.
+        for (index, err) in unencodable {
+            results.insert(index, Err(err));
+        }
+        results
+    }
+
+    /// [`Publisher::publish_batch`] for messages encoded already: one result per message,
+    /// in order. Taken by value: their strings move into the AMQP properties instead of
+    /// being copied.
+    pub async fn publish_raw_batch(
+        &self,
+        mut messages: Vec<RawMessage>,
+    ) -> Vec<Result<(), PublishError>> {
+        if messages.is_empty() {
             return Vec::new();
         }
         let mut slot = self.inner.channel.lock().await;
         let channel = match self.usable_channel(&mut slot).await {
             Ok(channel) => channel,
-            Err(err) => return vec![Err(err); envelopes.len()],
+            Err(err) => return vec![Err(err); messages.len()],
         };
         let exchange = match name(&self.inner.broker.topology().events_exchange()) {
             Ok(exchange) => exchange,
-            Err(err) => return vec![Err(err.into()); envelopes.len()],
+            Err(err) => return vec![Err(err.into()); messages.len()],
         };
 
         let timeout = self.inner.confirm_timeout;
@@ -130,41 +157,54 @@ impl Publisher {
         // disk alarm) stalls the sends themselves.
         let deadline = tokio::time::Instant::now() + timeout;
         let mut results: Vec<Result<(), PublishError>> =
-            vec![Err(PublishError::NotSent); envelopes.len()];
-        let mut in_flight = Vec::with_capacity(envelopes.len());
+            vec![Err(PublishError::NotSent); messages.len()];
+        let mut in_flight = Vec::with_capacity(messages.len());
         let mut channel_failed = false;
         let mut timed_out = false;
-        for (index, envelope) in envelopes.iter().enumerate() {
-            if channel_failed || timed_out {
+        let mut encoded = Vec::with_capacity(messages.len());
+        for (index, message) in messages.iter_mut().enumerate() {
+            match message.take_properties() {
+                Ok((routing_key, properties)) => encoded.push((index, routing_key, properties)),
+                Err(err) => results[index] = Err(err),
+            }
+        }
+        let options = BasicPublishOptions {
+            // Unroutable messages come back as basic.return instead of vanishing.
+            mandatory: true,
+            // RabbitMQ does not implement `immediate` (it closes the connection).
+            immediate: false,
+        };
+        let mut encoded = encoded.into_iter();
+        while !(channel_failed || timed_out) {
+            let window: Vec<_> = encoded.by_ref().take(SEND_WINDOW).collect();
+            if window.is_empty() {
                 break;
             }
-            let (routing_key, properties, body) = match encode(envelope) {
-                Ok(message) => message,
-                Err(err) => {
-                    results[index] = Err(err);
-                    continue;
-                }
-            };
-            let options = BasicPublishOptions {
-                // Unroutable messages come back as basic.return instead of vanishing.
-                mandatory: true,
-                // RabbitMQ does not implement `immediate` (it closes the connection).
-                immediate: false,
-            };
-            let sent = tokio::time::timeout_at(
-                deadline,
-                channel.basic_publish(exchange.clone(), routing_key, options, &body, properties),
-            )
-            .await;
-            match sent {
-                Ok(Ok(confirm)) => in_flight.push((index, confirm)),
-                Ok(Err(err)) => {
-                    results[index] = Err(err.into());
-                    channel_failed = true;
-                }
-                Err(_) => {
+            let indices: Vec<usize> = window.iter().map(|(index, _, _)| *index).collect();
+            let sends = window.into_iter().map(|(index, routing_key, properties)| {
+                channel.basic_publish(
+                    exchange.clone(),
+                    routing_key,
+                    options,
+                    &messages[index].body,
+                    properties,
+                )
+            });
+            let Ok(sent) = tokio::time::timeout_at(deadline, in_order(sends)).await else {
+                for index in indices {
                     results[index] = Err(PublishError::Timeout(timeout));
-                    timed_out = true;
+                }
+                timed_out = true;
+                break;
+            };
+            for (index, sent) in indices.into_iter().zip(sent) {
+                match sent {
+                    Some(Ok(confirm)) => in_flight.push((index, confirm)),
+                    Some(Err(err)) => {
+                        results[index] = Err(err.into());
+                        channel_failed = true;
+                    }
+                    None => channel_failed = true,
                 }
             }
         }
@@ -233,12 +273,12 @@ impl Publisher {
             tracing::error!("a returned message carries no message id; failing the whole batch");
         }
         for (index, outcome) in indices.into_iter().zip(outcomes) {
-            let envelope = &envelopes[index];
+            let message = &messages[index];
             results[index] = match outcome {
                 Ok(()) if unattributed_return => Err(PublishError::NotSent),
-                Ok(()) => match returned.get(&envelope.id.to_string()) {
+                Ok(()) => match returned.get(message.message_id.as_str()) {
                     Some((reply_code, reply_text)) => Err(PublishError::Unroutable {
-                        routing_key: envelope.event_type.clone(),
+                        routing_key: message.event_type.clone(),
                         reply_code: *reply_code,
                         reply_text: reply_text.clone(),
                     }),
@@ -272,33 +312,104 @@ impl Publisher {
     }
 }
 
-/// The routing key, AMQP properties (per `events.md`) and JSON body of `envelope`.
-fn encode(envelope: &Envelope) -> Result<(ShortString, BasicProperties, Vec<u8>), PublishError> {
-    let too_long = |what: &str| PublishError::Encode(format!("{what} is over 255 bytes"));
-    let event_type =
-        ShortString::try_new(envelope.event_type.as_str()).map_err(|_| too_long("the type"))?;
-    let source =
-        ShortString::try_new(envelope.source.as_str()).map_err(|_| too_long("the source"))?;
-    let body = serde_json::to_vec(envelope).map_err(|err| PublishError::Encode(err.to_string()))?;
-    let properties = BasicProperties::default()
-        .with_message_id(envelope.id.to_string().into())
-        .with_type(event_type.clone())
-        .with_content_type("application/json".into())
-        .with_delivery_mode(PERSISTENT)
-        // AMQP timestamps are whole seconds since the epoch; the body has the precise time.
-        .with_timestamp(u64::try_from(envelope.occurred_at.timestamp()).unwrap_or(0))
-        .with_correlation_id(envelope.correlation_id.to_string().into())
-        .with_app_id(source);
-    let properties = match &envelope.traceparent {
-        Some(trace) => {
-            let mut headers = lapin::types::FieldTable::default();
-            headers.insert(
-                "traceparent".into(),
-                lapin::types::AMQPValue::LongString(trace.as_str().into()),
-            );
-            properties.with_headers(headers)
+/// Drives `sends` to completion, polling them in order; `None` for one that did not finish
+/// (cannot happen). A publish queues its frames on its first poll, so they go out in this
+/// order, and the connection's IO thread writes many per wakeup: awaiting each publish in
+/// turn cost two thread switches per message, most of the relay's CPU.
+async fn in_order<F: Future>(sends: impl Iterator<Item = F>) -> Vec<Option<F::Output>> {
+    let mut sends: Vec<Pin<Box<MaybeDone<F>>>> =
+        sends.map(|send| Box::pin(maybe_done(send))).collect();
+    // Every send before this one is done.
+    let mut done = 0;
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for send in &mut sends[done..] {
+            if send.as_mut().poll(cx).is_pending() {
+                pending = true;
+            } else if !pending {
+                done += 1;
+            }
         }
-        None => properties,
-    };
-    Ok((event_type, properties, body))
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    sends
+        .iter_mut()
+        .map(|send| send.as_mut().take_output())
+        .collect()
+}
+
+/// An event encoded for the broker: its JSON body and what its AMQP properties are made of
+/// (per `events.md`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawMessage {
+    /// The event type, also the routing key.
+    pub event_type: String,
+    /// The envelope's id, as `message_id` (returned messages are told apart by it).
+    pub message_id: String,
+    /// The envelope's correlation id.
+    pub correlation_id: String,
+    /// The publishing service, as `app_id`.
+    pub source: String,
+    /// When the change happened, in whole seconds since the epoch (AMQP's resolution; the
+    /// body has the precise time).
+    pub timestamp: u64,
+    /// The W3C `traceparent`, sent as the header of that name.
+    pub traceparent: Option<String>,
+    /// The envelope as JSON, without its `traceparent`.
+    pub body: Vec<u8>,
+}
+
+impl RawMessage {
+    /// `envelope` serialized, as [`Publisher::publish`] sends it.
+    pub fn from_envelope(envelope: &Envelope) -> Result<Self, PublishError> {
+        Ok(Self {
+            event_type: envelope.event_type.clone(),
+            message_id: envelope.id.to_string(),
+            correlation_id: envelope.correlation_id.to_string(),
+            source: envelope.source.clone(),
+            timestamp: u64::try_from(envelope.occurred_at.timestamp()).unwrap_or(0),
+            traceparent: envelope.traceparent.clone(),
+            body: serde_json::to_vec(envelope)
+                .map_err(|err| PublishError::Encode(err.to_string()))?,
+        })
+    }
+
+    /// The routing key and AMQP properties. Moves out what is not needed afterwards (the
+    /// id and type stay, to attribute returns); the body stays too, for `basic_publish`.
+    fn take_properties(&mut self) -> Result<(ShortString, BasicProperties), PublishError> {
+        let too_long = |what: &str| PublishError::Encode(format!("{what} is over 255 bytes"));
+        let event_type =
+            ShortString::try_new(self.event_type.as_str()).map_err(|_| too_long("the type"))?;
+        let message_id = ShortString::try_new(self.message_id.as_str())
+            .map_err(|_| too_long("the message id"))?;
+        let correlation_id = ShortString::try_new(std::mem::take(&mut self.correlation_id))
+            .map_err(|_| too_long("the correlation id"))?;
+        let source = ShortString::try_new(std::mem::take(&mut self.source))
+            .map_err(|_| too_long("the source"))?;
+        let properties = BasicProperties::default()
+            .with_message_id(message_id)
+            .with_type(event_type.clone())
+            .with_content_type("application/json".into())
+            .with_delivery_mode(PERSISTENT)
+            .with_timestamp(self.timestamp)
+            .with_correlation_id(correlation_id)
+            .with_app_id(source);
+        let properties = match self.traceparent.take() {
+            Some(trace) => {
+                let mut headers = lapin::types::FieldTable::default();
+                headers.insert(
+                    "traceparent".into(),
+                    lapin::types::AMQPValue::LongString(trace.into()),
+                );
+                properties.with_headers(headers)
+            }
+            None => properties,
+        };
+        Ok((event_type, properties))
+    }
 }
