@@ -11,6 +11,7 @@
 use crate::store::{self, Level, Store};
 use dashmap::DashMap;
 use sea_orm::{DatabaseConnection, DbErr};
+use serde_json::value::RawValue;
 use shared::events::{StockChanged, StoreUpserted, types};
 use shared::messaging::{Broker, Subscription};
 use shared::shutdown::Shutdown;
@@ -253,41 +254,47 @@ impl AvailabilityView {
         self.live.store(true, Ordering::Release);
         *backoff = Duration::from_millis(100);
         tracing::info!("availability view is live");
+        let wanted = |t: &str| t == types::STOCK_CHANGED || t == types::STORE_UPSERTED;
         loop {
+            // `data` stays unparsed until its type is known: no JSON tree per event.
             let event = tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
-                e = feed.next() => e,
+                e = feed.next_as::<Box<RawValue>>(wanted) => e,
             };
-            let Some(event) = event else {
+            let Some((event_type, event)) = event else {
                 anyhow::bail!("the event subscription ended");
             };
-            match event.event_type.as_str() {
-                types::STOCK_CHANGED => match event.data_as::<StockChanged>() {
-                    Ok(c) => {
-                        let level = Level {
-                            store_id: c.store_id,
-                            sku: c.sku,
-                            on_hand: c.on_hand,
-                            reserved: c.reserved,
-                            safety_stock: c.safety_stock,
-                            revision: c.revision,
-                            updated_at: c.updated_at.or(Some(event.occurred_at)),
-                        };
-                        let shared = Arc::new(level.clone());
-                        self.apply(level);
-                        // No subscriber is fine.
-                        let _ = self.changes.send(shared);
+            match event_type.as_str() {
+                types::STOCK_CHANGED => {
+                    match serde_json::from_str::<StockChanged>(event.data.get()) {
+                        Ok(c) => {
+                            let level = Level {
+                                store_id: c.store_id,
+                                sku: c.sku,
+                                on_hand: c.on_hand,
+                                reserved: c.reserved,
+                                safety_stock: c.safety_stock,
+                                revision: c.revision,
+                                updated_at: c.updated_at.or(Some(event.occurred_at)),
+                            };
+                            let shared = Arc::new(level.clone());
+                            self.apply(level);
+                            // No subscriber is fine.
+                            let _ = self.changes.send(shared);
+                        }
+                        Err(err) => tracing::error!(error = %err, "unreadable stock event"),
                     }
-                    Err(err) => tracing::error!(error = %err, "unreadable stock event"),
-                },
-                types::STORE_UPSERTED => match event.data_as::<StoreUpserted>() {
-                    Ok(u) => match store::get_store(&self.db, &u.store_id).await {
-                        Ok(Some(s)) => self.apply_store(s),
-                        Ok(None) => {}
-                        Err(err) => tracing::warn!(error = %err, "store reload failed"),
-                    },
-                    Err(err) => tracing::error!(error = %err, "unreadable store event"),
-                },
+                }
+                types::STORE_UPSERTED => {
+                    match serde_json::from_str::<StoreUpserted>(event.data.get()) {
+                        Ok(u) => match store::get_store(&self.db, &u.store_id).await {
+                            Ok(Some(s)) => self.apply_store(s),
+                            Ok(None) => {}
+                            Err(err) => tracing::warn!(error = %err, "store reload failed"),
+                        },
+                        Err(err) => tracing::error!(error = %err, "unreadable store event"),
+                    }
+                }
                 _ => {}
             }
         }
