@@ -1,5 +1,8 @@
 //! The inventory binary: config → telemetry → build → run.
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use inventory::{build, config::InventoryConfig};
 
 #[tokio::main]

@@ -153,7 +153,7 @@ impl OrderSaga {
             }
             "short" => {
                 let shortages: Vec<Shortage> =
-                    serde_json::from_value(answer.body.unwrap_or_default()).map_err(|e| {
+                    serde_json::from_str(answer.body.as_deref().unwrap_or("[]")).map_err(|e| {
                         HandlerError::transient(anyhow!("unreadable shortages from reserve: {e}"))
                     })?;
                 tracing::info!(%order_id, short_lines = shortages.len(), "order short of stock; rejecting it");

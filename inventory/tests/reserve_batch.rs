@@ -36,6 +36,37 @@ fn outcome(a: &ReserveAnswer) -> (&str, Option<i32>) {
     (a.outcome.as_str(), a.status)
 }
 
+/// The stock.changed events still in the outbox (bundles opened; the relay deletes what it
+/// has published), per level: revisions grow in outbox order, none beyond the level's own.
+/// That the last one carries the level's state is shown through the broker below.
+async fn assert_events_follow_levels(app: &TestApp) {
+    let events = "SELECT o.seq, e.n, e.msg -> 'data' ->> 'store_id' AS store_id,
+                         e.msg -> 'data' ->> 'sku' AS sku,
+                         (e.msg -> 'data' ->> 'revision')::bigint AS rev
+                  FROM outbox o
+                  CROSS JOIN LATERAL jsonb_array_elements(
+                      CASE jsonb_typeof(o.payload) WHEN 'array' THEN o.payload
+                           ELSE jsonb_build_array(o.payload) END) WITH ORDINALITY AS e (msg, n)
+                  WHERE o.routing_key = 'inventory.stock.changed'";
+    let out_of_order = app
+        .scalar(&format!(
+            "SELECT count(*) FROM (
+                 SELECT rev, lag(rev) OVER (PARTITION BY store_id, sku ORDER BY seq, n) AS prev
+                 FROM ({events}) ev) e
+             WHERE e.prev IS NOT NULL AND e.rev <= e.prev"
+        ))
+        .await;
+    assert_eq!(out_of_order, 0, "events of a level in revision order");
+    let beyond = app
+        .scalar(&format!(
+            "SELECT count(*) FROM stock_levels l
+             WHERE l.revision < (SELECT max(ev.rev) FROM ({events}) ev
+                                 WHERE ev.store_id = l.store_id AND ev.sku = l.sku)"
+        ))
+        .await;
+    assert_eq!(beyond, 0, "no event beyond its level's revision");
+}
+
 #[tokio::test]
 async fn a_group_answers_each_request_as_if_it_had_come_alone() {
     let app = spawn_app().await;
@@ -77,10 +108,10 @@ async fn a_group_answers_each_request_as_if_it_had_come_alone() {
         ]
     );
     assert_eq!(
-        answers[2].body,
+        answers[2].body_json(),
         Some(json!([{"sku": "A", "requested": 8, "available": 7}]))
     );
-    assert_eq!(answers[5].body, first.body);
+    assert_eq!(answers[5].body_json(), first.body_json());
     // A granted answer is the reservation as stored, and the level it left.
     for (c, a) in calls
         .iter()
@@ -91,13 +122,12 @@ async fn a_group_answers_each_request_as_if_it_had_come_alone() {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(a.body.as_ref(), Some(&stored));
+        assert_eq!(a.body_json().as_ref(), Some(&stored));
         assert_eq!(a.levels.len(), c.lines.len());
     }
     assert_eq!(answers[4].levels[0].reserved, 9);
 
-    // Levels, lines and ledger agree; every change has its stock.changed, in revision
-    // order per level.
+    // Levels, lines and ledger agree; the events of each level come in revision order.
     app.assert_invariants().await;
     let reserved = |sku: &str| {
         format!("SELECT reserved FROM stock_levels WHERE store_id = 'S1' AND sku = '{sku}'")
@@ -109,17 +139,7 @@ async fn a_group_answers_each_request_as_if_it_had_come_alone() {
         ),
         (3, 9)
     );
-    let out_of_order = app
-        .scalar(
-            "SELECT count(*) FROM (
-                 SELECT (payload -> 'data' ->> 'revision')::bigint AS rev,
-                        lag((payload -> 'data' ->> 'revision')::bigint)
-                            OVER (PARTITION BY aggregate ORDER BY seq) AS prev
-                 FROM outbox WHERE routing_key = 'inventory.stock.changed') e
-             WHERE e.prev IS NOT NULL AND e.rev <> e.prev + 1",
-        )
-        .await;
-    assert_eq!(out_of_order, 0);
+    assert_events_follow_levels(&app).await;
     let b_revision = app
         .scalar("SELECT revision FROM stock_levels WHERE store_id = 'S1' AND sku = 'B'")
         .await;
@@ -130,7 +150,7 @@ async fn a_group_answers_each_request_as_if_it_had_come_alone() {
     // The key that went ahead replays the group's answer afterwards.
     let again = store::reserve(&app.db, &calls[0]).await.unwrap();
     assert_eq!(outcome(&again), ("replay", Some(201)));
-    assert_eq!(again.body, answers[0].body);
+    assert_eq!(again.body_json(), answers[0].body_json());
     app.stop().await;
 }
 
@@ -235,5 +255,52 @@ async fn a_cart_and_a_one_line_request_on_the_same_sku_leave_the_ledger_in_revis
         .await;
     assert_eq!(out_of_order, 0, "ledger rows follow the revisions");
     app.assert_invariants().await;
+    assert_events_follow_levels(&app).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_group_publishes_one_stock_changed_per_level_it_changed_with_the_state_it_left() {
+    let app = spawn_app().await;
+    app.store("S1", 48.85, 2.35).await;
+    let queue = shared_queue(&app, "inventory.stock.changed").await;
+    for sku in ["A", "B"] {
+        app.stock("S1", sku, 10).await;
+    }
+    // The two counts' own events first.
+    for _ in 0..2 {
+        next_event(&queue).await;
+    }
+    let calls = vec![
+        call("S1", &[("A", 2)], None),
+        call("S1", &[("A", 3), ("B", 1)], None),
+        call("S1", &[("A", 1)], None),
+    ];
+    let answers = store::reserve_batch(&app.db, &calls).await.unwrap();
+    assert!(answers.iter().all(|a| a.outcome == "created"));
+    let mut seen: Vec<(String, i64, i64, i64)> = Vec::new();
+    for _ in 0..2 {
+        let event = next_event(&queue).await;
+        let data = &event["data"];
+        assert_eq!(event["type"], "inventory.stock.changed");
+        seen.push((
+            data["sku"].as_str().unwrap().to_owned(),
+            data["reserved"].as_i64().unwrap(),
+            data["available"].as_i64().unwrap(),
+            data["revision"].as_i64().unwrap(),
+        ));
+    }
+    seen.sort();
+    // A: counted (1), then three reservations; B: counted, then one.
+    assert_eq!(
+        seen,
+        vec![("A".to_owned(), 6, 4, 4), ("B".to_owned(), 1, 9, 2)]
+    );
+    assert!(
+        event_within(&queue, std::time::Duration::from_millis(500))
+            .await
+            .is_none(),
+        "one event per level, not per reservation"
+    );
     app.stop().await;
 }

@@ -158,22 +158,33 @@ pub async fn post_reservation(
         shared::outbox::wake_local_relays();
     }
     // Committed: show the new levels on this replica at once.
-    let body = state
-        .view
-        .applied(mark, answer.body, Some(answer.levels))
-        .unwrap_or(serde_json::Value::Null);
+    let body = state.view.applied(mark, answer.body, Some(answer.levels));
     match answer.outcome.as_str() {
+        // As the database wrote it: no parsing and printing again.
         "created" => Ok(HttpResponse::Created()
             .insert_header(("Location", format!("/v1/reservations/{id}")))
-            .json(body)),
-        "short" => Err(shortage_problem(body)),
-        state_name => match idempotency::interpret(state_name, answer.status, Some(body))? {
-            idempotency::Begin::Replay { status, body } => {
-                Ok(idempotency::replay_response(status, body))
+            .content_type(actix_web::http::header::ContentType::json())
+            .body(body.unwrap_or_default())),
+        "short" => Err(shortage_problem(parse_body(body)?)),
+        state_name => {
+            match idempotency::interpret(state_name, answer.status, Some(parse_body(body)?))? {
+                idempotency::Begin::Replay { status, body } => {
+                    Ok(idempotency::replay_response(status, body))
+                }
+                idempotency::Begin::Proceed => Err(Problem::internal()),
             }
-            idempotency::Begin::Proceed => Err(Problem::internal()),
-        },
+        }
     }
+}
+
+/// A body the database wrote, parsed (null when there is none).
+fn parse_body(body: Option<String>) -> Result<serde_json::Value, Problem> {
+    body.map_or(Ok(serde_json::Value::Null), |text| {
+        serde_json::from_str(&text).map_err(|err| {
+            tracing::error!(%err, "unreadable reservation answer from the database");
+            Problem::internal()
+        })
+    })
 }
 
 /// Whether the caller may see or release a reservation (owner, its store's staff, service).

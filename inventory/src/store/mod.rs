@@ -16,8 +16,9 @@ pub mod saga;
 
 /// The migrations, the platform's first: the tables and the functions that guard stock
 /// (`schema.sql`), the order saga's index, tombstones and hold adoption (`saga.sql`),
-/// reservations in groups, one commit for many (`batch.sql`), and the trace on events
-/// written in SQL (`trace.sql`).
+/// reservations in groups, one commit for many (`batch.sql`), the trace on events
+/// written in SQL (`trace.sql`), and groups decided in a fixed number of statements
+/// (`group.sql`).
 pub struct Migrator;
 
 #[async_trait::async_trait]
@@ -39,6 +40,10 @@ impl MigratorTrait for Migrator {
             shared::db::SqlMigration {
                 name: "m0103_inventory_event_trace",
                 sql: include_str!("trace.sql"),
+            },
+            shared::db::SqlMigration {
+                name: "m0104_inventory_reserve_group",
+                sql: include_str!("group.sql"),
             },
         ])
     }
@@ -446,8 +451,9 @@ pub struct ReserveAnswer {
     pub outcome: String,
     /// HTTP status to answer (201, 409, or the replayed one).
     pub status: Option<i32>,
-    /// The reservation, the shortages, or the replayed body.
-    pub body: Option<serde_json::Value>,
+    /// The reservation, the shortages, or the replayed body, as JSON text (a created
+    /// reservation goes out as it came from the database, without being parsed).
+    pub body: Option<String>,
     /// The levels a created reservation changed.
     pub levels: Vec<Level>,
 }
@@ -469,8 +475,8 @@ pub async fn reserve(
     };
     let row = db
         .query_one_raw(stmt(
-            "SELECT outcome, status, body, levels FROM reserve($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
-             $11, $12, $13, $14)",
+            "SELECT outcome, status, body::text AS body, levels::text AS levels \
+             FROM reserve($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
             vec![
                 call.id.into(),
                 call.store_id.clone().into(),
@@ -495,8 +501,8 @@ pub async fn reserve(
 
 impl ReserveAnswer {
     fn from_row(row: &QueryResult) -> Result<Self, DbErr> {
-        let levels = match row.try_get::<Option<serde_json::Value>>("", "levels")? {
-            Some(v) => serde_json::from_value(v)
+        let levels = match row.try_get::<Option<String>>("", "levels")? {
+            Some(text) => serde_json::from_str(&text)
                 .map_err(|e| DbErr::Custom(format!("unreadable levels from reserve: {e}")))?,
             None => Vec::new(),
         };
@@ -507,30 +513,54 @@ impl ReserveAnswer {
             levels,
         })
     }
+
+    /// The body, parsed (for the answers that are not sent as they came).
+    pub fn body_json(&self) -> Option<serde_json::Value> {
+        self.body
+            .as_deref()
+            .and_then(|text| serde_json::from_str(text).ok())
+    }
 }
 
-impl ReserveCall {
-    /// The request as `reserve_batch` reads it.
-    fn to_json(&self) -> serde_json::Value {
-        let (skus, quantities): (Vec<&str>, Vec<i64>) =
-            self.lines.iter().map(|(s, q)| (s.as_str(), *q)).unzip();
-        let idem = self.idempotency.as_ref();
-        serde_json::json!({
-            "id": self.id,
-            "store_id": self.store_id,
-            "skus": skus,
-            "quantities": quantities,
-            "channel": self.channel,
-            "reference": self.reference,
-            "owner": self.owner,
-            "order_id": self.order_id,
-            "ttl_seconds": self.ttl_seconds,
-            "correlation": self.correlation,
-            "causation": self.causation,
-            "idem_caller": idem.map(|k| &k.caller),
-            "idem_key": idem.map(|k| &k.key),
-            "idem_hash": idem.map(|k| &k.request_hash),
-        })
+/// A request as `reserve_batch` reads it.
+#[derive(Serialize)]
+struct GroupRequest<'a> {
+    id: Uuid,
+    store_id: &'a str,
+    skus: Vec<&'a str>,
+    quantities: Vec<i64>,
+    channel: &'a str,
+    reference: &'a str,
+    owner: &'a str,
+    order_id: Option<Uuid>,
+    ttl_seconds: i64,
+    correlation: Uuid,
+    causation: Option<Uuid>,
+    idem_caller: Option<&'a str>,
+    idem_key: Option<&'a str>,
+    idem_hash: Option<&'a str>,
+}
+
+impl<'a> From<&'a ReserveCall> for GroupRequest<'a> {
+    fn from(call: &'a ReserveCall) -> Self {
+        let (skus, quantities) = call.lines.iter().map(|(s, q)| (s.as_str(), *q)).unzip();
+        let idem = call.idempotency.as_ref();
+        Self {
+            id: call.id,
+            store_id: &call.store_id,
+            skus,
+            quantities,
+            channel: &call.channel,
+            reference: &call.reference,
+            owner: &call.owner,
+            order_id: call.order_id,
+            ttl_seconds: call.ttl_seconds,
+            correlation: call.correlation,
+            causation: call.causation,
+            idem_caller: idem.map(|k| k.caller.as_str()),
+            idem_key: idem.map(|k| k.key.as_str()),
+            idem_hash: idem.map(|k| k.request_hash.as_str()),
+        }
     }
 }
 
@@ -541,10 +571,12 @@ pub async fn reserve_batch(
     db: &impl ConnectionTrait,
     calls: &[ReserveCall],
 ) -> Result<Vec<ReserveAnswer>, DbErr> {
-    let requests = serde_json::Value::Array(calls.iter().map(ReserveCall::to_json).collect());
+    let requests: Vec<GroupRequest<'_>> = calls.iter().map(GroupRequest::from).collect();
+    let requests = serde_json::to_string(&requests)
+        .map_err(|e| DbErr::Custom(format!("cannot encode the reservation group: {e}")))?;
     let rows = db
         .query_all_raw(stmt(
-            "SELECT idx, outcome, status, body, levels FROM reserve_batch($1)",
+            "SELECT idx, outcome, status, body, levels FROM reserve_batch($1::text::jsonb)",
             vec![requests.into()],
         ))
         .await?;
