@@ -1,5 +1,8 @@
 //! The notifications binary: config → telemetry → build → run.
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use notifications::{build, config::NotificationsConfig};
 
 #[tokio::main]

@@ -1,5 +1,8 @@
 //! The orders binary: config → telemetry → build → run.
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use orders::{build, config::OrdersConfig};
 
 #[tokio::main]

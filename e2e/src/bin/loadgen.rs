@@ -1,6 +1,9 @@
 //! `loadgen`: the benchmark of quality.md, one command:
 //! `cargo run --release -p e2e --bin loadgen -- SCENARIO [--duration-secs N] [--clients N] [--keep]`.
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use e2e::bench::{self, cli};
 use std::process::ExitCode;
 
