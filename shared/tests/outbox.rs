@@ -3,7 +3,7 @@
 mod messaging_support;
 
 use lapin::types::AMQPValue;
-use messaging_support::{count, eventually, test_env};
+use messaging_support::{TestEnv, count, eventually, test_env};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement, TransactionTrait};
 use sea_orm_migration::{MigrationTrait, SchemaManager};
 use serde_json::json;
@@ -333,13 +333,7 @@ async fn rows_locked_by_a_relay_that_dies_are_published_by_another() {
         .await
         .expect("enqueue");
     // A relay that claimed the rows and then hangs or dies before committing.
-    let dying = env.db.begin().await.expect("begin");
-    dying
-        .execute_unprepared(
-            "SELECT seq FROM outbox WHERE published_at IS NULL ORDER BY seq FOR UPDATE",
-        )
-        .await
-        .expect("lock");
+    let dying = holding_unpublished_rows(&env, "ALL").await;
     let survivor = relay(&env);
 
     let while_locked = survivor.drain_once().await.expect("drain");
@@ -699,13 +693,7 @@ async fn a_row_waits_while_another_relay_holds_an_earlier_row_of_its_aggregate()
     .await
     .expect("enqueue");
     // Another relay in the middle of publishing the first row.
-    let other_relay = env.db.begin().await.expect("begin");
-    other_relay
-        .execute_unprepared(
-            "SELECT seq FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT 1 FOR UPDATE",
-        )
-        .await
-        .expect("lock");
+    let other_relay = holding_unpublished_rows(&env, "1").await;
     let relay = relay(&env);
 
     let report = relay.drain_once().await.expect("drain");
@@ -721,4 +709,16 @@ async fn a_row_waits_while_another_relay_holds_an_earlier_row_of_its_aggregate()
     let received = ids(&env.take(&queue, 4, Duration::from_secs(1)).await);
     assert_eq!(received, [other.id, held.id, waiting.id]);
     env.cleanup().await;
+}
+
+/// A transaction holding the first `limit` unpublished rows locked, as a relay in the
+/// middle of a round does (until it is dropped: its connection then rolls back).
+async fn holding_unpublished_rows(env: &TestEnv, limit: &str) -> sea_orm::DatabaseTransaction {
+    let txn = env.db.begin().await.expect("begin");
+    txn.execute_unprepared(&format!(
+        "SELECT seq FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT {limit} FOR UPDATE"
+    ))
+    .await
+    .expect("lock");
+    txn
 }
