@@ -29,9 +29,8 @@ use sea_orm::{
 };
 use sea_orm_migration::{MigrationName, MigrationTrait, SchemaManager, async_trait};
 use serde::Serialize;
-use serde_json::json;
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     ops::Range,
     sync::{Arc, LazyLock},
     time::Duration,
@@ -69,9 +68,11 @@ const INSERT_CHUNK: usize = 1000;
 /// SKIP LOCKED: rows another relay is publishing are its business; a relay that died
 /// released its locks with its connection, so its rows come back here.
 ///
-/// `gaps_possible`: whether some aggregate of the batch has an unpublished row outside it
-/// before one of its rows in it, seen from this statement's snapshot (see
-/// [`OutboxRelay::gaps_held_by_other_relays`]). Columns by position: see [`line`].
+/// `gap`, per aggregate of the batch: the first unpublished row of that aggregate outside
+/// the batch that precedes one of its rows in it (a row another relay holds); the rows
+/// after it must wait for it. Not only rows before the aggregate's first row in the batch:
+/// a relay that held back a row and let go of it can claim it again together with later
+/// rows, while another relay holds one in between. Columns by position: see [`line`].
 const CLAIM: &str = "
     WITH claimed AS (
         SELECT seq, aggregate, attempts, payload, jsonb_typeof(payload) = 'array' AS bundle
@@ -82,15 +83,15 @@ const CLAIM: &str = "
         FOR UPDATE SKIP LOCKED
     ),
     gaps AS (
-        SELECT EXISTS (
-            SELECT FROM (SELECT aggregate, max(seq) AS last_seq FROM claimed GROUP BY aggregate) b
-            JOIN outbox o ON o.aggregate = b.aggregate
-                         AND o.published_at IS NULL
-                         AND o.seq < b.last_seq
-            WHERE o.seq NOT IN (SELECT seq FROM claimed)
-        ) AS possible
+        SELECT b.aggregate, min(o.seq) AS gap
+        FROM (SELECT aggregate, max(seq) AS last_seq FROM claimed GROUP BY aggregate) b
+        JOIN outbox o ON o.aggregate = b.aggregate
+                     AND o.published_at IS NULL
+                     AND o.seq < b.last_seq
+        WHERE o.seq NOT IN (SELECT seq FROM claimed)
+        GROUP BY b.aggregate
     )
-    SELECT m.seq, m.aggregate, m.attempts, m.ord, g.possible,
+    SELECT m.seq, m.aggregate, m.attempts, m.ord, g.gap,
            m.msg ->> 'id', m.msg ->> 'type', m.msg ->> 'occurred_at', m.msg ->> 'source',
            m.msg ->> 'correlation_id', m.msg ->> 'traceparent',
            CASE jsonb_typeof(m.msg) WHEN 'object' THEN (m.msg - 'traceparent')::text END
@@ -106,7 +107,7 @@ const CLAIM: &str = "
             WITH ORDINALITY AS e (msg, ord) ON true
         WHERE c.bundle
     ) m
-    CROSS JOIN gaps g";
+    LEFT JOIN gaps g ON g.aggregate = m.aggregate";
 
 /// The columns of a [`CLAIM`] line.
 mod line {
@@ -115,8 +116,8 @@ mod line {
     pub const ATTEMPTS: usize = 2;
     /// The message's position in its row from 1; `NULL` for an empty bundle.
     pub const ORD: usize = 3;
-    /// The same on every line.
-    pub const GAPS_POSSIBLE: usize = 4;
+    /// The same on every line of an aggregate; `NULL` when nothing precedes it.
+    pub const GAP: usize = 4;
     pub const ID: usize = 5;
     pub const TYPE: usize = 6;
     pub const OCCURRED_AT: usize = 7;
@@ -379,6 +380,8 @@ struct Row {
     aggregate: String,
     /// Failed attempts so far.
     attempts: i32,
+    /// The first row of its aggregate before it that another relay holds (see [`CLAIM`]).
+    gap: Option<i64>,
     /// Its messages: these claim lines, in order (none for an empty bundle).
     lines: Range<usize>,
 }
@@ -447,7 +450,7 @@ impl OutboxRelay {
             return Err(RelayError::BrokerUnavailable);
         }
         let txn = self.db.begin().await?;
-        let (claimed, lines, gaps_possible) = self.claim(&txn).await?;
+        let (claimed, lines) = self.claim(&txn).await?;
         let mut report = DrainReport {
             claimed: claimed.len(),
             ..DrainReport::default()
@@ -457,15 +460,6 @@ impl OutboxRelay {
             return Ok(report);
         }
 
-        // Skipped when the claim saw no gap: whatever this query would find, the claim's
-        // snapshot saw too. Such a row precedes a claimed row of its aggregate, so it
-        // committed before that one (an aggregate's rows commit in `seq` order), and no
-        // row becomes unpublished again.
-        let gaps = if gaps_possible {
-            self.gaps_held_by_other_relays(&txn, &claimed).await?
-        } else {
-            HashMap::new()
-        };
         let mut seen: HashSet<&str> = HashSet::new();
         let mut probing: HashSet<&str> = HashSet::new();
         let mut to_send: Vec<RawMessage> = Vec::new();
@@ -476,7 +470,7 @@ impl OutboxRelay {
         for row in &claimed {
             let aggregate = row.aggregate.as_str();
             let first_of_aggregate = seen.insert(aggregate);
-            if gaps.get(aggregate).is_some_and(|gap| row.seq > *gap) {
+            if row.gap.is_some_and(|gap| row.seq > gap) {
                 report.held_back += 1;
                 report.deferred += 1;
                 continue;
@@ -576,12 +570,8 @@ impl OutboxRelay {
         Ok(report)
     }
 
-    /// Runs [`CLAIM`]: the rows in `seq` order, their lines, and whether the batch may
-    /// have to wait for rows other relays hold.
-    async fn claim(
-        &self,
-        txn: &impl ConnectionTrait,
-    ) -> Result<(Vec<Row>, Vec<Line>, bool), DbErr> {
+    /// Runs [`CLAIM`]: the rows in `seq` order, and their lines.
+    async fn claim(&self, txn: &impl ConnectionTrait) -> Result<(Vec<Row>, Vec<Line>), DbErr> {
         let mut lines = txn
             .query_all_raw(Statement::from_sql_and_values(
                 DbBackend::Postgres,
@@ -604,7 +594,6 @@ impl OutboxRelay {
             lines.sort_unstable_by_key(|line| (line.seq, line.ord));
         }
         let mut rows: Vec<Row> = Vec::new();
-        let mut gaps_possible = false;
         for (index, line) in lines.iter().enumerate() {
             if let Some(row) = rows.last_mut()
                 && row.seq == line.seq
@@ -612,61 +601,16 @@ impl OutboxRelay {
                 row.lines.end = index + 1;
                 continue;
             }
-            if rows.is_empty() {
-                gaps_possible = line.result.try_get_by_index(line::GAPS_POSSIBLE)?;
-            }
             let messages = if line.ord == 0 { 0 } else { 1 };
             rows.push(Row {
                 seq: line.seq,
                 aggregate: line.result.try_get_by_index(line::AGGREGATE)?,
                 attempts: line.result.try_get_by_index(line::ATTEMPTS)?,
+                gap: line.result.try_get_by_index(line::GAP)?,
                 lines: index..index + messages,
             });
         }
-        Ok((rows, lines, gaps_possible))
-    }
-
-    /// For each aggregate of the batch with an unpublished row outside the batch that
-    /// precedes some of its rows in the batch (a row another relay holds): the `seq` of
-    /// the first such row. Rows of the aggregate after it must wait for it.
-    ///
-    /// Not only rows before the aggregate's first row in the batch: a relay that held
-    /// back a row and let go of it can claim it again together with later rows, while
-    /// another relay holds one in between.
-    async fn gaps_held_by_other_relays(
-        &self,
-        txn: &impl ConnectionTrait,
-        claimed: &[Row],
-    ) -> Result<HashMap<String, i64>, DbErr> {
-        let mut last_seq: HashMap<&str, i64> = HashMap::new();
-        for row in claimed {
-            // `claimed` is in seq order: the last write wins.
-            last_seq.insert(row.aggregate.as_str(), row.seq);
-        }
-        let aggregates: Vec<serde_json::Value> = last_seq
-            .iter()
-            .map(|(aggregate, seq)| json!({ "aggregate": aggregate, "last_seq": seq }))
-            .collect();
-        let batch: Vec<i64> = claimed.iter().map(|row| row.seq).collect();
-        let rows = txn
-            .query_all_raw(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                "SELECT b.aggregate, min(o.seq) AS gap
-                 FROM jsonb_to_recordset($1::jsonb) AS b(aggregate text, last_seq bigint)
-                 JOIN outbox o ON o.aggregate = b.aggregate
-                              AND o.published_at IS NULL
-                              AND o.seq < b.last_seq
-                 WHERE o.seq NOT IN (SELECT jsonb_array_elements_text($2::jsonb)::bigint)
-                 GROUP BY b.aggregate",
-                [
-                    Value::from(serde_json::Value::Array(aggregates)),
-                    Value::from(json!(batch)),
-                ],
-            ))
-            .await?;
-        rows.into_iter()
-            .map(|row| Ok((row.try_get("", "aggregate")?, row.try_get("", "gap")?)))
-            .collect()
+        Ok((rows, lines))
     }
 
     /// Deletes published rows older than the retention (at most a few thousand per
