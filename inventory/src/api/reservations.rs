@@ -179,12 +179,7 @@ pub async fn post_reservation(
 
 /// A body the database wrote, parsed (null when there is none).
 fn parse_body(body: Option<String>) -> Result<serde_json::Value, Problem> {
-    body.map_or(Ok(serde_json::Value::Null), |text| {
-        serde_json::from_str(&text).map_err(|err| {
-            tracing::error!(%err, "unreadable reservation answer from the database");
-            Problem::internal()
-        })
-    })
+    Ok(store::parse_answer_body(body.as_deref())?.unwrap_or(serde_json::Value::Null))
 }
 
 /// Whether the caller may see or release a reservation (owner, its store's staff, service).

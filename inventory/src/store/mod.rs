@@ -515,11 +515,16 @@ impl ReserveAnswer {
     }
 
     /// The body, parsed (for the answers that are not sent as they came).
-    pub fn body_json(&self) -> Option<serde_json::Value> {
-        self.body
-            .as_deref()
-            .and_then(|text| serde_json::from_str(text).ok())
+    pub fn body_json(&self) -> Result<Option<serde_json::Value>, DbErr> {
+        parse_answer_body(self.body.as_deref())
     }
+}
+
+/// A body `reserve` or `reserve_batch` wrote, parsed.
+pub fn parse_answer_body(text: Option<&str>) -> Result<Option<serde_json::Value>, DbErr> {
+    text.map(serde_json::from_str)
+        .transpose()
+        .map_err(|e| DbErr::Custom(format!("unreadable answer from reserve: {e}")))
 }
 
 /// A request as `reserve_batch` reads it.
