@@ -304,3 +304,21 @@ async fn a_group_publishes_one_stock_changed_per_level_it_changed_with_the_state
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_group_naming_an_order_is_refused_and_changes_nothing() {
+    let app = spawn_app().await;
+    app.store("S1", 48.85, 2.35).await;
+    app.stock("S1", "A", 10).await;
+    let mut for_order = call("S1", &[("A", 1)], None);
+    for_order.order_id = Some(Uuid::now_v7());
+    let calls = vec![call("S1", &[("A", 2)], None), for_order];
+    assert!(store::reserve_batch(&app.db, &calls).await.is_err());
+    assert_eq!(app.scalar("SELECT count(*) FROM reservations").await, 0);
+    assert_eq!(
+        app.scalar("SELECT reserved FROM stock_levels WHERE sku = 'A'")
+            .await,
+        0
+    );
+    app.stop().await;
+}
