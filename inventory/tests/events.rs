@@ -90,3 +90,54 @@ async fn a_reservation_for_an_order_publishes_its_confirmation_and_its_release()
     assert_eq!(released["data"]["store_id"], "S1");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_change_made_over_http_carries_the_requests_trace_on_its_event() {
+    let app = spawn_app().await;
+    app.store("S1", 48.85, 2.35).await;
+    let queue = shared_queue(&app, "inventory.stock.changed").await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let r = app
+        .http
+        .put(app.url("/v1/stores/S1/stock/A"))
+        .bearer_auth(admin())
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .json(&json!({"on_hand": 4}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::OK);
+    let answered = r.headers()["traceparent"].to_str().unwrap().to_owned();
+
+    let probe = probe_queue(&queue);
+    let mut header = None;
+    for _ in 0..200 {
+        if let Some(message) = queue
+            .basic_get(
+                probe.as_str().into(),
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap()
+        {
+            let body: serde_json::Value = serde_json::from_slice(&message.delivery.data).unwrap();
+            assert_eq!(body["data"]["on_hand"], 4);
+            header = message
+                .delivery
+                .properties
+                .headers()
+                .as_ref()
+                .and_then(|h| h.inner().get("traceparent").cloned());
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let header = match header {
+        Some(lapin::types::AMQPValue::LongString(s)) => s.to_string(),
+        other => panic!("no traceparent header on the event: {other:?}"),
+    };
+    // The request's trace, as the service answered it (the span of its handling).
+    assert_eq!(header, answered);
+    assert!(header.starts_with(&format!("00-{trace_id}-")));
+    app.stop().await;
+}

@@ -322,3 +322,66 @@ async fn a_group_naming_an_order_is_refused_and_changes_nothing() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_failed_group_is_retried_one_by_one_and_a_request_already_stored_is_answered_not_reserved_again()
+ {
+    let app = spawn_app().await;
+    app.store("S1", 48.85, 2.35).await;
+    app.stock("S1", "A", 10).await;
+    app.stock("S1", "B", 10).await;
+    // A request whose group committed but whose answer was lost: stored under its id.
+    let lost = call("S1", &[("A", 2)], None);
+    let first = store::reserve(&app.db, &lost).await.unwrap();
+    assert_eq!(outcome(&first), ("created", Some(201)));
+
+    // Sent again with others: all four queue before the collecting task runs (one thread),
+    // so they form one group, which fails as a whole on the stored id and is retried one
+    // request at a time.
+    let reserver = inventory::reserver::Reserver::start(app.db.clone());
+    let (again, b1, b2, a3) = tokio::join!(
+        reserver.reserve(lost.clone()),
+        reserver.reserve(call("S1", &[("B", 1)], None)),
+        reserver.reserve(call("S1", &[("B", 2)], Some(("retry-key", "h1")))),
+        reserver.reserve(call("S1", &[("A", 3)], None)),
+    );
+    let (again, b1, b2, a3) = (again.unwrap(), b1.unwrap(), b2.unwrap(), a3.unwrap());
+    for answer in [&again, &b1, &b2, &a3] {
+        assert_eq!(outcome(answer), ("created", Some(201)));
+    }
+    let body = store::parse_answer_body(again.body.as_deref())
+        .unwrap()
+        .unwrap();
+    assert_eq!(body["id"], json!(lost.id));
+    assert_eq!(body["lines"], json!([{"sku": "A", "quantity": 2}]));
+
+    // The stored one reserved once; the others once each; ledger and keys agree.
+    assert_eq!(app.scalar("SELECT count(*) FROM reservations").await, 4);
+    assert_eq!(
+        app.scalar("SELECT reserved FROM stock_levels WHERE sku = 'A'")
+            .await,
+        5
+    );
+    assert_eq!(
+        app.scalar("SELECT reserved FROM stock_levels WHERE sku = 'B'")
+            .await,
+        3
+    );
+    assert_eq!(
+        app.scalar(
+            "SELECT count(*) FROM stock_levels l WHERE l.reserved <> (
+                 SELECT coalesce(sum(m.reserved_delta), 0) FROM movements m
+                 WHERE m.store_id = l.store_id AND m.sku = l.sku)"
+        )
+        .await,
+        0,
+        "every level is the sum of its ledger"
+    );
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM idempotency_keys WHERE key = 'retry-key'")
+            .await,
+        1
+    );
+    assert_events_follow_levels(&app).await;
+    app.stop().await;
+}

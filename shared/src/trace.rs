@@ -123,6 +123,23 @@ pub fn current() -> Option<Traceparent> {
     CURRENT.try_with(|t| *t).ok()
 }
 
+/// Makes the current trace, if any, the one that SQL writing its own events in this
+/// transaction puts on them (`clickcollect.traceparent`, transaction-local).
+pub async fn bind(
+    txn: &impl sea_orm::ConnectionTrait,
+    trace: Option<&str>,
+) -> Result<(), sea_orm::DbErr> {
+    if let Some(trace) = trace {
+        txn.execute_raw(sea_orm::Statement::from_sql_and_values(
+            sea_orm::DbBackend::Postgres,
+            "SELECT set_config('clickcollect.traceparent', $1, true)",
+            [trace.to_owned().into()],
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
 /// Runs `work` as part of `trace`.
 pub async fn scope<F: Future>(trace: Traceparent, work: F) -> F::Output {
     CURRENT.scope(trace, work).await

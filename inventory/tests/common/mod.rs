@@ -290,9 +290,14 @@ pub async fn shared_queue(app: &TestApp, routing_key: &str) -> lapin::Channel {
 static PROBES: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<u16, String>>> =
     std::sync::LazyLock::new(Default::default);
 
+/// The name of the queue behind a probe channel.
+pub fn probe_queue(channel: &lapin::Channel) -> String {
+    PROBES.lock().unwrap().get(&channel.id()).cloned().unwrap()
+}
+
 /// The next message on a probe queue (waits up to 10 s), with its AMQP properties checked.
 pub async fn next_event(channel: &lapin::Channel) -> Value {
-    let queue = PROBES.lock().unwrap().get(&channel.id()).cloned().unwrap();
+    let queue = probe_queue(channel);
     for _ in 0..200 {
         let got = channel
             .basic_get(
@@ -326,7 +331,7 @@ pub async fn next_event(channel: &lapin::Channel) -> Value {
 
 /// The next message on a probe queue if one arrives within `wait` (for "nothing more").
 pub async fn event_within(channel: &lapin::Channel, wait: Duration) -> Option<Value> {
-    let queue = PROBES.lock().unwrap().get(&channel.id()).cloned().unwrap();
+    let queue = probe_queue(channel);
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let got = channel

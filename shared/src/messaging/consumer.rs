@@ -15,7 +15,7 @@ use lapin::{
     },
     types::{AMQPValue, FieldTable},
 };
-use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait};
+use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait};
 use std::{future::Future, time::Duration};
 use tracing::Instrument;
 
@@ -342,15 +342,8 @@ impl<H: EventHandler> Consumer<H> {
     /// Inbox, handler and commit in one transaction; a duplicate changes nothing.
     async fn apply(&self, envelope: &Envelope) -> Result<(), HandlerError> {
         let txn = self.db.begin().await?;
-        if let Some(trace) = &envelope.traceparent {
-            // For events the handler's SQL writes itself (transaction-local).
-            txn.execute_raw(sea_orm::Statement::from_sql_and_values(
-                sea_orm::DbBackend::Postgres,
-                "SELECT set_config('clickcollect.traceparent', $1, true)",
-                [trace.clone().into()],
-            ))
-            .await?;
-        }
+        // For events the handler's SQL writes itself.
+        crate::trace::bind(&txn, envelope.traceparent.as_deref()).await?;
         if !inbox::record(&txn, &self.service, envelope.id).await? {
             tracing::debug!("already handled; acking the duplicate");
             rollback_quietly(txn).await;
