@@ -238,6 +238,24 @@ pub fn write_script(stores: usize, skus: usize) -> String {
     )
 }
 
+/// One call of the service's `reserve_batch` with `size` one-unit requests on random
+/// levels of the catalogue, as the service encodes them (pgbench scripts take no ':' in
+/// literals, hence `chr(58)`).
+pub fn group_script(stores: usize, skus: usize, size: usize) -> String {
+    format!(
+        "SELECT count(*) FROM reserve_batch((SELECT jsonb_agg(jsonb_build_object(\
+         'id', uuid_v7(), \
+         'store_id', 'S' || lpad((1 + floor(random() * {stores}))::int::text, 3, '0'), \
+         'skus', jsonb_build_array('SKU-' || lpad((1 + floor(random() * {skus}))::int::text, 5, '0')), \
+         'quantities', jsonb_build_array(1), 'channel', 'web', 'reference', 'bench-cart', \
+         'owner', 'customer' || chr(58) || 'bench-' || g, 'order_id', NULL, 'ttl_seconds', 900, \
+         'correlation', uuid_v7(), 'causation', NULL, \
+         'idem_caller', 'customer' || chr(58) || 'bench-' || g, 'idem_key', gen_random_uuid()::text, \
+         'idem_hash', md5(random()::text) || md5(random()::text))) \
+         FROM generate_series(1, {size}) AS g));\n"
+    )
+}
+
 /// The hot baseline: the same `UPDATE`, always on one row of the copy.
 pub fn hot_script(store_id: &str, sku: &str) -> String {
     format!(

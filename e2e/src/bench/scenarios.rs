@@ -503,12 +503,50 @@ async fn reserve(fixture: &Fixture, options: &Options) -> anyhow::Result<Scenari
     figure.oversold = Some(oversold_units);
     let figure = figure.with_ratio();
     notes.push(target_note(&figure, 0.7, 50.0));
+    // After the checks: these reservations bypass the service.
+    notes.extend(database_alone(fixture, options, &baseline).await?);
     Ok(ScenarioReport {
         figure,
         baseline_name: Some("pgbench write".into()),
         notes,
         failed: false,
     })
+}
+
+/// Group sizes [`database_alone`] runs.
+const ALONE_GROUPS: [usize; 2] = [16, 64];
+
+/// What the database alone can do with the service's groups: pgbench calling
+/// `reserve_batch` directly (2 connections, like the service's 2 groups in flight) with
+/// groups of one-unit requests on random levels, in the shape the service sends, each with
+/// its own Idempotency-Key. The requests are built by PostgreSQL itself, so this slightly
+/// understates it. Without HTTP, the service, the relay or the broker sharing the cores,
+/// this is the ceiling the reservation figure works under.
+async fn database_alone(
+    fixture: &Fixture,
+    options: &Options,
+    baseline: &PgbenchRun,
+) -> anyhow::Result<Vec<String>> {
+    let mut notes = Vec::new();
+    for size in ALONE_GROUPS {
+        eprintln!("[reserve] the database alone, groups of {size}");
+        let script = fixture.script(
+            &format!("groups-{size}.sql"),
+            &postgres::group_script(STORES, SKUS, size),
+        )?;
+        let run = postgres::pgbench(&fixture.database.name, &script, 2, options.duration)
+            .await
+            .with_context(|| format!("reserve_batch alone, groups of {size}"))?;
+        let per_s = run.tps * size as f64;
+        notes.push(format!(
+            "the database alone: reserve_batch from pgbench, 2 connections, groups of {size} random one-unit \
+             requests: {:.0} groups/s = {per_s:.0} reservations/s = {:.2} × the write baseline ({} failed)",
+            run.tps,
+            per_s / baseline.tps,
+            run.failed
+        ));
+    }
+    Ok(notes)
 }
 
 fn parse_pair(psql_row: &str) -> anyhow::Result<(i64, i64)> {
