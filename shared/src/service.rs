@@ -234,9 +234,12 @@ impl Service {
 /// takes (a message waits in its queue at most through an outage).
 pub const INBOX_RETENTION: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
-/// Every minute, drops `Idempotency-Key`s older than `key_retention` (a few thousand at a
-/// time) and inbox ids older than [`INBOX_RETENTION`], so both tables stay small. Safe in
-/// every replica (plain deletes of old rows).
+/// Keys deleted per statement by [`housekeep`]: short transactions, however many are due.
+const PURGE_BATCH: u32 = 5_000;
+
+/// Every minute, [`housekeep`]: `Idempotency-Key`s older than `key_retention` and inbox ids
+/// older than [`INBOX_RETENTION`] go, so both tables stay small. Safe in every replica
+/// (plain deletes of old rows).
 pub async fn housekeeping(
     db: DatabaseConnection,
     key_retention: std::time::Duration,
@@ -247,15 +250,46 @@ pub async fn housekeeping(
             () = stop.cancelled() => return,
             () = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
         }
-        match crate::idempotency::purge(&db, key_retention, 5000).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(deleted = n, "old idempotency keys purged"),
-            Err(err) => tracing::warn!(error = %err, "idempotency key purge failed"),
-        }
-        match crate::inbox::purge(&db, INBOX_RETENTION).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(deleted = n, "old inbox ids purged"),
-            Err(err) => tracing::warn!(error = %err, "inbox purge failed"),
+        housekeep(&db, key_retention, &stop).await;
+    }
+}
+
+/// One pass: every key that is due, in batches of [`PURGE_BATCH`] until one comes back
+/// short (a busy service writes far more keys a minute than one batch), then the inbox.
+/// Returns how many keys and inbox ids went; failures are logged, not returned, and
+/// leave the rest for the next pass.
+pub async fn housekeep(
+    db: &DatabaseConnection,
+    key_retention: std::time::Duration,
+    stop: &Shutdown,
+) -> (u64, u64) {
+    let mut keys = 0;
+    loop {
+        match crate::idempotency::purge(db, key_retention, PURGE_BATCH).await {
+            Ok(n) => {
+                keys += n;
+                if n < u64::from(PURGE_BATCH) || stop.is_cancelled() {
+                    break;
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "idempotency key purge failed");
+                break;
+            }
         }
     }
+    if keys > 0 {
+        tracing::info!(deleted = keys, "old idempotency keys purged");
+    }
+    let inbox = match crate::inbox::purge(db, INBOX_RETENTION).await {
+        Ok(n) => n,
+        Err(err) => {
+            tracing::warn!(error = %err, "inbox purge failed");
+            0
+        }
+    };
+    if inbox > 0 {
+        tracing::info!(deleted = inbox, "old inbox ids purged");
+    }
+    (keys, inbox)
 }

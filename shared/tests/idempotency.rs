@@ -86,3 +86,48 @@ async fn a_replayed_or_failed_write_lets_go_of_its_key_before_answering() {
         1
     );
 }
+
+#[tokio::test]
+async fn housekeeping_purges_every_key_that_is_due_however_many_and_keeps_the_rest() {
+    let (_url, db) = fresh_database("housekeep").await;
+    let schema = SchemaManager::new(&db);
+    idempotency::Migration.up(&schema).await.unwrap();
+    shared::inbox::Migration.up(&schema).await.unwrap();
+    // More keys are due than one batch deletes: a busy minute's worth.
+    db.execute_unprepared(
+        "INSERT INTO idempotency_keys (caller, key, request_hash, status, body, created_at)
+         SELECT 'customer:c1', 'old-' || g, 'h', 201, '{}', now() - interval '2 days'
+         FROM generate_series(1, 12345) AS g;
+         INSERT INTO idempotency_keys (caller, key, request_hash, status, body)
+         SELECT 'customer:c1', 'new-' || g, 'h', 201, '{}' FROM generate_series(1, 10) AS g;
+         INSERT INTO inbox (consumer, message_id, handled_at)
+         SELECT 'inventory', gen_random_uuid(), now() - interval '8 days'
+         FROM generate_series(1, 3);
+         INSERT INTO inbox (consumer, message_id)
+         SELECT 'inventory', gen_random_uuid() FROM generate_series(1, 2);",
+    )
+    .await
+    .unwrap();
+
+    let day = std::time::Duration::from_secs(24 * 3600);
+    let stop = shared::shutdown::Shutdown::new();
+    assert_eq!(
+        shared::service::housekeep(&db, day, &stop).await,
+        (12345, 3)
+    );
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT count(*) FROM idempotency_keys WHERE key LIKE 'new-%'"
+        )
+        .await,
+        10
+    );
+    assert_eq!(
+        scalar(&db, "SELECT count(*) FROM idempotency_keys").await,
+        10
+    );
+    assert_eq!(scalar(&db, "SELECT count(*) FROM inbox").await, 2);
+    // Nothing left to do.
+    assert_eq!(shared::service::housekeep(&db, day, &stop).await, (0, 0));
+}
