@@ -3,7 +3,8 @@
 //! server, so `deploy/local.sh test` runs it alone.
 #![allow(clippy::unwrap_used)]
 
-use e2e::stack::{Stack, customer, eventually};
+mod common;
+use common::{Stack, customer, eventually};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use std::time::Duration;

@@ -4,7 +4,8 @@
 //! APNs checks the ES256 provider token and headers over HTTP/2).
 #![allow(clippy::unwrap_used)]
 
-use e2e::stack::{Options, Probe, Stack, admin, customer, eventually, problem, scalar, staff};
+mod common;
+use common::{Options, Probe, Stack, admin, customer, eventually, problem, scalar, staff};
 use notifications::receivers::Reply;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -376,7 +377,7 @@ async fn fcm_and_apns_devices_get_the_ready_push_with_tokens_their_services_acce
     assert_eq!(s.fcm.tokens_issued(), 1, "one OAuth token for both pushes");
     let apns = s.apns.received();
     assert_eq!(apns[0].path_or_token, apns_token);
-    assert_eq!(apns[0].headers["apns-topic"], e2e::stack::APNS_TOPIC);
+    assert_eq!(apns[0].headers["apns-topic"], common::APNS_TOPIC);
     assert_eq!(
         of_event(&apns, "ready_for_pickup")[0].headers["apns-priority"],
         "10"
@@ -1001,7 +1002,7 @@ async fn stock_alert_requests_are_checked_and_belong_to_their_customer() {
             0,
             Method::GET,
             "/v1/notifications",
-            Some(&e2e::stack::token("svc", shared::auth::Role::Service, &[])),
+            Some(&common::token("svc", shared::auth::Role::Service, &[])),
             None,
         )
         .await;
@@ -1035,9 +1036,9 @@ async fn broker_restart_in_a_burst_of_ready_orders_pushes_each_once() {
         })
     };
     ready(0..6).await.unwrap();
-    shared::testing::rabbitmqctl(&["stop_app"]).await;
+    shared::testing::rabbitmqctl(&["stop_app"]).await.unwrap();
     ready(6..11).await.unwrap();
-    shared::testing::rabbitmqctl(&["start_app"]).await;
+    shared::testing::rabbitmqctl(&["start_app"]).await.unwrap();
     ready(11..16).await.unwrap();
     let want = orders.len();
     for _ in 0..240 {

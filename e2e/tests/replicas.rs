@@ -2,7 +2,8 @@
 //! broker: the whole journey, each step on another replica than the last.
 #![allow(clippy::unwrap_used)]
 
-use e2e::stack::{Options, Stack, admin, customer, eventually, scalar, staff};
+mod common;
+use common::{Options, Stack, admin, customer, eventually, scalar, staff};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::collections::HashMap;

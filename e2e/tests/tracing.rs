@@ -2,7 +2,8 @@
 //! order through the orders outbox, RabbitMQ, inventory's reservation and its answer.
 #![allow(clippy::unwrap_used)]
 
-use e2e::stack::{Probe, Stack, customer};
+mod common;
+use common::{Probe, Stack, customer};
 use serde_json::json;
 use std::time::Duration;
 

@@ -77,15 +77,17 @@ async fn broker_restart_mid_flow_loses_no_stock_event() {
         .unwrap();
 
     adjust(&app, 10).await;
-    shared::testing::rabbitmqctl(&["stop_app"]).await;
+    shared::testing::rabbitmqctl(&["stop_app"]).await.unwrap();
     // Writes go on while the broker is away; their events wait in the outbox.
     adjust(&app, 10).await;
     let ready = app.get("/health/ready", None).await;
     assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
     // Reads fall back to the database and stay exact.
     assert_eq!(app.availability("S1", "A").await["on_hand"], 20);
-    shared::testing::rabbitmqctl(&["start_app"]).await;
-    shared::testing::rabbitmqctl(&["await_startup"]).await;
+    shared::testing::rabbitmqctl(&["start_app"]).await.unwrap();
+    shared::testing::rabbitmqctl(&["await_startup"])
+        .await
+        .unwrap();
     adjust(&app, 10).await;
 
     let channel = probe_channel().await;

@@ -7,7 +7,8 @@ fn the_committed_openapi_document_matches_the_code() {
         &notifications::api::openapi(),
         concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.json"),
         "notifications",
-    );
+    )
+    .unwrap();
 }
 
 #[test]

@@ -833,7 +833,7 @@ async fn broken_credentials_stop_the_start_and_name_the_setting_without_the_secr
 
 /// A fresh database with the `vapid_key` table of the service's migration.
 async fn database_with_vapid_table() -> DatabaseConnection {
-    let (_, db) = shared::testing::fresh_database("push").await;
+    let (_, db) = shared::testing::fresh_database("push").await.unwrap();
     db.execute_raw(Statement::from_string(
         DbBackend::Postgres,
         "CREATE TABLE vapid_key (id smallint PRIMARY KEY CHECK (id = 1), \

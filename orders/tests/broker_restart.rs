@@ -30,11 +30,11 @@ async fn broker_restart_in_a_burst_of_orders_loses_none() {
     };
     let first = burst(0, 30);
     tokio::time::sleep(Duration::from_millis(150)).await;
-    shared::testing::rabbitmqctl(&["stop_app"]).await;
+    shared::testing::rabbitmqctl(&["stop_app"]).await.unwrap();
     // Orders keep being taken while the broker is away (they wait in the outbox).
     burst(30, 45).await.unwrap();
     first.await.unwrap();
-    shared::testing::rabbitmqctl(&["start_app"]).await;
+    shared::testing::rabbitmqctl(&["start_app"]).await.unwrap();
     burst(45, 60).await.unwrap();
     let mut pending = i64::MAX;
     for _ in 0..240 {

@@ -1,6 +1,6 @@
 //! Helpers for tests: a fresh database and a unique broker prefix per test.
 
-use sea_orm::DatabaseConnection;
+use sea_orm::{DatabaseConnection, DbErr};
 
 /// The PostgreSQL server tests run against (`TEST_DATABASE_SERVER` overrides it).
 pub fn database_server() -> String {
@@ -25,10 +25,10 @@ pub fn fresh_database_url(label: &str) -> String {
 }
 
 /// A fresh, empty database (created now) and a small pool on it.
-pub async fn fresh_database(label: &str) -> (String, DatabaseConnection) {
+pub async fn fresh_database(label: &str) -> Result<(String, DatabaseConnection), DbErr> {
     let url = fresh_database_url(label);
-    let db = crate::db::connect(&url, 5).await.expect("test database");
-    (url, db)
+    let db = crate::db::connect(&url, 5).await?;
+    Ok((url, db))
 }
 
 /// A prefix for exchange and queue names, unique to one test.
@@ -65,34 +65,40 @@ pub async fn delete_queues(prefix: &str, extra: &[String]) {
 }
 
 /// Fails when the committed OpenAPI document at `path` differs from `generated`; with
-/// `UPDATE_OPENAPI` set, writes it first.
-pub fn assert_openapi_current(generated: &utoipa::openapi::OpenApi, path: &str, package: &str) {
+/// `UPDATE_OPENAPI` set, writes it first (an error when it cannot).
+pub fn assert_openapi_current(
+    generated: &utoipa::openapi::OpenApi,
+    path: &str,
+    package: &str,
+) -> std::io::Result<()> {
     let generated = crate::http::openapi_json(generated);
     if std::env::var_os("UPDATE_OPENAPI").is_some() {
-        std::fs::write(path, &generated).expect("writing the OpenAPI document");
+        std::fs::write(path, &generated)?;
     }
     let committed = std::fs::read_to_string(path).unwrap_or_default();
     assert!(
         committed == generated,
         "{path} is out of date: run `UPDATE_OPENAPI=1 cargo test -p {package} --test openapi`"
     );
+    Ok(())
 }
 
 /// Runs `rabbitmqctl ARGS` (the broker-restart tests stop and start the machine's broker);
-/// panics when it fails.
-pub async fn rabbitmqctl(args: &[&str]) {
-    let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
-    let shown = args.join(" ");
-    let status = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("rabbitmqctl")
-            .args(&args)
-            .stdout(std::process::Stdio::null())
-            .status()
-    })
-    .await
-    .expect("rabbitmqctl task")
-    .expect("rabbitmqctl runs");
-    assert!(status.success(), "rabbitmqctl {shown} failed");
+/// an error when it cannot run or exits unsuccessfully.
+pub async fn rabbitmqctl(args: &[&str]) -> std::io::Result<()> {
+    let status = tokio::process::Command::new("rabbitmqctl")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .await?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!(
+            "rabbitmqctl {} exited with {status}",
+            args.join(" ")
+        )))
+    }
 }
 
 /// Polls `check` every 50 ms for up to 20 s; panics naming `what` if it never holds.
@@ -111,17 +117,16 @@ where
 }
 
 /// The first column of the first row of `sql`, as an `i64` (counts, sums).
-pub async fn scalar(db: &DatabaseConnection, sql: &str) -> i64 {
+pub async fn scalar(db: &DatabaseConnection, sql: &str) -> Result<i64, DbErr> {
     use sea_orm::ConnectionTrait;
     let row = db
         .query_one_raw(sea_orm::Statement::from_string(
             sea_orm::DbBackend::Postgres,
             sql.to_owned(),
         ))
-        .await
-        .expect("query")
-        .expect("a row");
-    row.try_get_by_index::<i64>(0).expect("an integer")
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound(format!("no row from {sql}")))?;
+    row.try_get_by_index::<i64>(0)
 }
 
 /// Waits until `base` answers `/health/ready` with 200 (10 s at most); panics otherwise.
@@ -151,8 +156,9 @@ pub async fn problem(r: reqwest::Response, status: reqwest::StatusCode) -> serde
         content_type.starts_with("application/problem+json"),
         "content-type {content_type}"
     );
-    let body: serde_json::Value = r.json().await.expect("a JSON body");
-    assert_eq!(body["status"], status.as_u16());
+    // A body that is no JSON reads as null and fails the checks below.
+    let body: serde_json::Value = r.json().await.unwrap_or_default();
+    assert_eq!(body["status"], status.as_u16(), "problem body {body}");
     assert!(body["type"].is_string() && body["title"].is_string() && body["detail"].is_string());
     body
 }

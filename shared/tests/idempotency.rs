@@ -7,7 +7,11 @@ use sea_orm_migration::{MigrationTrait, SchemaManager};
 use shared::auth::{Caller, Role};
 use shared::idempotency::{self, idempotent_write};
 use shared::problem::{Body, Problem};
-use shared::testing::{fresh_database, scalar};
+use shared::testing::fresh_database;
+
+async fn scalar(db: &sea_orm::DatabaseConnection, sql: &str) -> i64 {
+    shared::testing::scalar(db, sql).await.unwrap()
+}
 
 /// Whether another connection could take the key's advisory lock right now.
 async fn key_is_free(db: &sea_orm::DatabaseConnection, caller: &Caller, key: &str) -> bool {
@@ -25,7 +29,7 @@ async fn key_is_free(db: &sea_orm::DatabaseConnection, caller: &Caller, key: &st
 
 #[tokio::test]
 async fn a_replayed_or_failed_write_lets_go_of_its_key_before_answering() {
-    let (url, db) = fresh_database("idem").await;
+    let (url, db) = fresh_database("idem").await.unwrap();
     idempotency::Migration
         .up(&SchemaManager::new(&db))
         .await
@@ -89,7 +93,7 @@ async fn a_replayed_or_failed_write_lets_go_of_its_key_before_answering() {
 
 #[tokio::test]
 async fn housekeeping_purges_every_key_that_is_due_however_many_and_keeps_the_rest() {
-    let (_url, db) = fresh_database("housekeep").await;
+    let (_url, db) = fresh_database("housekeep").await.unwrap();
     let schema = SchemaManager::new(&db);
     idempotency::Migration.up(&schema).await.unwrap();
     shared::inbox::Migration.up(&schema).await.unwrap();

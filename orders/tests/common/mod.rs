@@ -12,7 +12,11 @@ use shared::shutdown::Shutdown;
 use std::time::Duration;
 
 #[allow(unused_imports)] // not every test binary uses them all
-pub use shared::testing::{eventually, problem, scalar, wait_ready};
+pub use shared::testing::{eventually, problem, wait_ready};
+/// [`shared::testing::scalar`], failing the test when the query does.
+pub async fn scalar(db: &sea_orm::DatabaseConnection, sql: &str) -> i64 {
+    shared::testing::scalar(db, sql).await.unwrap()
+}
 
 pub const SECRET: &str = "test-secret-for-orders";
 

@@ -55,7 +55,7 @@ pub struct TestEnv {
 
 /// A migrated fresh database named after `label`, and a broker under a fresh prefix.
 pub async fn test_env(label: &str) -> TestEnv {
-    let (url, db) = testing::fresh_database(label).await;
+    let (url, db) = testing::fresh_database(label).await.expect("test database");
     Migrator::up(&db, None).await.expect("migrations");
     db.execute_unprepared(
         "CREATE TABLE effects (

@@ -1,7 +1,13 @@
 //! The cross-service test harness: inventory, orders and notifications (any number of
 //! replicas of each) in this process, on fresh databases and a broker prefix of their
 //! own, with local push services standing in for Web Push, FCM and APNs.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
+#![allow(
+    dead_code,
+    unused_imports,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::missing_panics_doc
+)]
 
 use notifications::receivers::{ApnsService, FcmService, WebPushService, WebPushSubscription};
 use notifications::worker::RetryPolicy;
@@ -13,7 +19,12 @@ use shared::config::ServiceConfig;
 use shared::shutdown::Shutdown;
 use std::time::Duration;
 
-pub use shared::testing::{eventually, problem, scalar, wait_ready};
+pub use shared::testing::{eventually, problem, wait_ready};
+/// [`shared::testing::scalar`], failing the test when the query does.
+pub async fn scalar(db: &sea_orm::DatabaseConnection, sql: &str) -> i64 {
+    shared::testing::scalar(db, sql).await.unwrap()
+}
+
 use uuid::Uuid;
 
 /// The HS256 secret every service of the stack checks tokens with.
