@@ -109,29 +109,14 @@ async fn a_change_made_over_http_carries_the_requests_trace_on_its_event() {
     assert_eq!(r.status(), reqwest::StatusCode::OK);
     let answered = r.headers()["traceparent"].to_str().unwrap().to_owned();
 
-    let probe = probe_queue(&queue);
-    let mut header = None;
-    for _ in 0..200 {
-        if let Some(message) = queue
-            .basic_get(
-                probe.as_str().into(),
-                lapin::options::BasicGetOptions { no_ack: true },
-            )
-            .await
-            .unwrap()
-        {
-            let body: serde_json::Value = serde_json::from_slice(&message.delivery.data).unwrap();
-            assert_eq!(body["data"]["on_hand"], 4);
-            header = message
-                .delivery
-                .properties
-                .headers()
-                .as_ref()
-                .and_then(|h| h.inner().get("traceparent").cloned());
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let event = next_delivery(&queue).await;
+    let body: serde_json::Value = serde_json::from_slice(&event.data).unwrap();
+    assert_eq!(body["data"]["on_hand"], 4);
+    let header = event
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("traceparent").cloned());
     let header = match header {
         Some(lapin::types::AMQPValue::LongString(s)) => s.to_string(),
         other => panic!("no traceparent header on the event: {other:?}"),

@@ -257,12 +257,6 @@ where
 {
     let key = IdempotencyKey::from_request(req, &caller.identity(), &body.0)?;
     let txn = db.begin().await?;
-    // The request's trace goes on the events the write's own SQL enqueues.
-    let trace = crate::trace::current().map(|t| t.to_string());
-    if let Err(err) = crate::trace::bind(&txn, trace.as_deref()).await {
-        txn.rollback().await?;
-        return Err(err.into());
-    }
     // Every way out ends the transaction before answering: a dropped one is rolled back
     // only when its connection is next used, and until then it keeps the key's advisory
     // lock, so a retry landing on another connection would be told "still running".

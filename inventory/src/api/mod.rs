@@ -29,7 +29,8 @@ pub struct AppState {
     pub shutdown: shared::shutdown::Shutdown,
 }
 
-/// [`shared::idempotency::idempotent_write`] on the inventory database.
+/// [`shared::idempotency::idempotent_write`] on the inventory database, with the request's
+/// trace handed to the SQL that writes the events (`shared::trace::bind`).
 pub async fn idempotent_write<F, T>(
     state: &AppState,
     req: &HttpRequest,
@@ -42,7 +43,13 @@ where
         &sea_orm::DatabaseTransaction,
     ) -> Result<(StatusCode, serde_json::Value, T), Problem>,
 {
-    idempotency::idempotent_write(&state.db, req, caller, body, write).await
+    // The request's trace goes on the events this service's SQL enqueues in the write.
+    let trace = shared::trace::current().map(|t| t.to_string());
+    idempotency::idempotent_write(&state.db, req, caller, body, async |txn| {
+        shared::trace::bind(txn, trace.as_deref()).await?;
+        write(txn).await
+    })
+    .await
 }
 
 /// Serializes a response value (infallible for our types).

@@ -296,7 +296,7 @@ pub fn probe_queue(channel: &lapin::Channel) -> String {
 }
 
 /// The next message on a probe queue (waits up to 10 s), with its AMQP properties checked.
-pub async fn next_event(channel: &lapin::Channel) -> Value {
+pub async fn next_delivery(channel: &lapin::Channel) -> lapin::message::Delivery {
     let queue = probe_queue(channel);
     for _ in 0..200 {
         let got = channel
@@ -307,8 +307,9 @@ pub async fn next_event(channel: &lapin::Channel) -> Value {
             .await
             .unwrap();
         if let Some(message) = got {
-            let props = &message.delivery.properties;
-            let body: Value = serde_json::from_slice(&message.delivery.data).unwrap();
+            let delivery = message.delivery;
+            let props = &delivery.properties;
+            let body: Value = serde_json::from_slice(&delivery.data).unwrap();
             assert_eq!(
                 props.content_type().as_ref().map(|s| s.as_str()),
                 Some("application/json")
@@ -322,11 +323,16 @@ pub async fn next_event(channel: &lapin::Channel) -> Value {
                 props.kind().as_ref().map(|s| s.to_string()),
                 body["type"].as_str().map(str::to_owned)
             );
-            return body;
+            return delivery;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     panic!("no event arrived on {queue}");
+}
+
+/// The body of [`next_delivery`].
+pub async fn next_event(channel: &lapin::Channel) -> Value {
+    serde_json::from_slice(&next_delivery(channel).await.data).unwrap()
 }
 
 /// The next message on a probe queue if one arrives within `wait` (for "nothing more").
