@@ -5,6 +5,7 @@
 //!
 //! # Layout
 //! - [`cli`]: options and scenario names.
+//! - [`cpu`]: where the cores went during a phase, by part.
 //! - [`fixture`]: one scenario's database, service, secret and broker prefix, torn down on
 //!   every path.
 //! - [`service`]: the inventory child process (built if needed, stopped by a guard).
@@ -21,6 +22,7 @@ pub mod api;
 pub mod auth;
 pub mod broker;
 pub mod cli;
+pub mod cpu;
 pub mod driver;
 pub mod events;
 pub mod fixture;

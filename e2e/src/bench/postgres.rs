@@ -142,6 +142,8 @@ pub struct PgbenchRun {
     pub failed: u64,
     /// `latency average = N ms`.
     pub latency_avg_ms: Option<f64>,
+    /// Where the cores went while it ran (pgbench counts as the load generator).
+    pub cpu: Option<crate::bench::cpu::Use>,
 }
 
 /// Runs `pgbench -n -M prepared -c clients -j 2 -T secs -f script` on `database`.
@@ -167,6 +169,7 @@ pub async fn pgbench(
         .output();
     // -T bounds the run; this bounds a pgbench stuck connecting.
     let limit = duration + Duration::from_secs(120);
+    let before = crate::bench::cpu::Sample::now(None);
     let output = tokio::time::timeout(limit, output)
         .await
         .with_context(|| format!("pgbench took over {limit:?}"))?
@@ -185,7 +188,13 @@ pub async fn pgbench(
                 .join(" | ")
         );
     }
-    parse_pgbench(&stdout).with_context(|| format!("unexpected pgbench output:\n{stdout}{stderr}"))
+    let cpu = before.until(&crate::bench::cpu::Sample::now(None));
+    let run = parse_pgbench(&stdout)
+        .with_context(|| format!("unexpected pgbench output:\n{stdout}{stderr}"))?;
+    Ok(PgbenchRun {
+        cpu: Some(cpu),
+        ..run
+    })
 }
 
 /// Reads the figures out of pgbench's summary.
@@ -216,6 +225,7 @@ pub fn parse_pgbench(stdout: &str) -> Option<PgbenchRun> {
         transactions,
         failed,
         latency_avg_ms,
+        cpu: None,
     })
 }
 
@@ -313,6 +323,7 @@ mod tests {
                 transactions: 123456,
                 failed: 3,
                 latency_avg_ms: Some(5.123),
+                cpu: None,
             })
         );
     }

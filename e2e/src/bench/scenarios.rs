@@ -3,12 +3,12 @@
 
 use crate::bench::api::{ItemCount, failure, transport};
 use crate::bench::cli::{Options, Scenario};
+use crate::bench::cpu;
 use crate::bench::driver::{ClosedLoop, Outcome, Tally, closed_loop};
 use crate::bench::events;
 use crate::bench::fixture::Fixture;
 use crate::bench::postgres::{self, BASELINE_TABLE, PgbenchRun};
 use crate::bench::report::{Figure, ScenarioReport};
-use crate::bench::service::own_cpu_seconds;
 use anyhow::{Context, bail};
 use rand::Rng;
 use reqwest::StatusCode;
@@ -149,8 +149,8 @@ struct Measured {
     warmup: Tally,
     /// The measured phase.
     phase: Tally,
-    /// Cores the service and the load generator kept busy during the measured phase.
-    cores: Option<(f64, f64)>,
+    /// Where the cores went during the measured phase.
+    cpu: cpu::Use,
 }
 
 impl Measured {
@@ -177,8 +177,7 @@ where
         stop_at_first_refusal: false,
     };
     let warmup = closed_loop(plan, op.clone()).await?;
-    let cpu = || Some((fixture.service.cpu_seconds()?, own_cpu_seconds()?));
-    let before = cpu();
+    let before = cpu::Sample::now(Some(fixture.service.pid()));
     let phase = closed_loop(
         ClosedLoop {
             duration: options.duration,
@@ -187,19 +186,12 @@ where
         op,
     )
     .await?;
-    let secs = phase.elapsed.as_secs_f64();
-    let cores = before
-        .zip(cpu())
-        .map(|((s0, l0), (s1, l1))| ((s1 - s0) / secs, (l1 - l0) / secs));
-    Ok(Measured {
-        warmup,
-        phase,
-        cores,
-    })
+    let cpu = before.until(&cpu::Sample::now(Some(fixture.service.pid())));
+    Ok(Measured { warmup, phase, cpu })
 }
 
-fn baseline_note(what: &str, options: &Options, run: &PgbenchRun) -> String {
-    format!(
+fn baseline_note(what: &str, options: &Options, run: &PgbenchRun) -> Vec<String> {
+    let mut notes = vec![format!(
         "baseline: pgbench {what}, -M prepared -c {} -j {} -T {}: {:.0} tps ({} transactions, {} failed{})",
         options.clients,
         options.clients.clamp(1, 2),
@@ -210,10 +202,14 @@ fn baseline_note(what: &str, options: &Options, run: &PgbenchRun) -> String {
         run.latency_avg_ms
             .map(|l| format!(", avg latency {l:.2} ms"))
             .unwrap_or_default()
-    )
+    )];
+    if let Some(cpu) = &run.cpu {
+        notes.push(format!("  {}", cpu.describe(run.tps, "transaction")));
+    }
+    notes
 }
 
-fn ours_note(options: &Options, m: &Measured, what: &str) -> Vec<String> {
+fn ours_note(options: &Options, m: &Measured, baseline: &PgbenchRun, what: &str) -> Vec<String> {
     let mut notes = vec![format!(
         "ours: {what}, {} clients × {:.1} s after a {:.1} s warm-up: {} done, {} refused (409), {} failed",
         options.clients,
@@ -223,9 +219,20 @@ fn ours_note(options: &Options, m: &Measured, what: &str) -> Vec<String> {
         m.phase.refused,
         m.phase.failed
     )];
-    if let Some((service, loadgen)) = m.cores {
+    let per_s = m.phase.done_per_s();
+    notes.push(format!("  {}", m.cpu.describe(per_s, "request")));
+    if let Some(base) = &baseline.cpu
+        && per_s > 0.0
+        && baseline.tps > 0.0
+    {
+        // Both phases fill the machine: throughput goes inversely with CPU per operation.
+        let (ours_us, base_us) = (
+            m.cpu.machine * 1e6 / per_s,
+            base.machine * 1e6 / baseline.tps,
+        );
         notes.push(format!(
-            "  CPU during the phase: service {service:.2} cores, loadgen {loadgen:.2} cores (of 2)"
+            "  machine CPU per operation: ours {ours_us:.0} µs, the baseline's {base_us:.0} µs: {:.2} of its cost-per-operation (where both fill the 2 cores, the ratio tends to this)",
+            base_us / ours_us
         ));
     }
     let mut failures = m.warmup.clone();
@@ -304,7 +311,7 @@ async fn availability(fixture: &Fixture, options: &Options) -> anyhow::Result<Sc
     notes.push(fixture.settle().await);
     eprintln!("[availability] pgbench read baseline");
     let baseline = read_baseline(fixture, options).await?;
-    notes.push(baseline_note(
+    notes.extend(baseline_note(
         "read: SELECT of one stock_levels row by primary key, random store and SKU",
         options,
         &baseline,
@@ -324,6 +331,7 @@ async fn availability(fixture: &Fixture, options: &Options) -> anyhow::Result<Sc
     notes.extend(ours_note(
         options,
         &m,
+        &baseline,
         "GET /v1/availability?store_id=…&sku=…, random pair, no token",
     ));
     let figure = figure(Scenario::Availability, &m, &baseline).with_ratio();
@@ -347,7 +355,7 @@ async fn availability_batch(
     notes.push(fixture.settle().await);
     eprintln!("[availability-batch] pgbench read baseline");
     let baseline = read_baseline(fixture, options).await?;
-    notes.push(baseline_note(
+    notes.extend(baseline_note(
         "read: SELECT of one stock_levels row by primary key, random store and SKU",
         options,
         &baseline,
@@ -371,6 +379,7 @@ async fn availability_batch(
     notes.extend(ours_note(
         options,
         &m,
+        &baseline,
         &format!(
             "GET /v1/availability with {STORES} store_id × {BATCH_SKUS} random sku params, {want} items checked per call"
         ),
@@ -431,7 +440,7 @@ async fn reserve(fixture: &Fixture, options: &Options) -> anyhow::Result<Scenari
     )
     .await
     .context("write baseline")?;
-    notes.push(baseline_note(
+    notes.extend(baseline_note(
         &format!(
             "write: the conditional UPDATE … SET reserved = reserved + 1 WHERE … AND on_hand - reserved - safety_stock >= 1 \
              of one random row, on {BASELINE_TABLE} (an identical copy of stock_levels, {copied} rows, so the service's ledger stays true)"
@@ -461,6 +470,7 @@ async fn reserve(fixture: &Fixture, options: &Options) -> anyhow::Result<Scenari
     notes.extend(ours_note(
         options,
         &m,
+        &baseline,
         "POST /v1/reservations of 1 unit, random store and SKU, a fresh Idempotency-Key each, customer tokens",
     ));
 
@@ -520,8 +530,9 @@ const ALONE_GROUPS: [usize; 2] = [16, 64];
 /// `reserve_batch` directly (2 connections, like the service's 2 groups in flight) with
 /// groups of one-unit requests on random levels, in the shape the service sends, each with
 /// its own Idempotency-Key. The requests are built by PostgreSQL itself, so this slightly
-/// understates it. Without HTTP, the service, the relay or the broker sharing the cores,
-/// this is the ceiling the reservation figure works under.
+/// understates it. No HTTP and no request handling share the cores; the service's relay
+/// still publishes the groups' events to RabbitMQ, as it must (its CPU shows as "other").
+/// This is the ceiling the reservation figure works under.
 async fn database_alone(
     fixture: &Fixture,
     options: &Options,
@@ -545,6 +556,9 @@ async fn database_alone(
             per_s / baseline.tps,
             run.failed
         ));
+        if let Some(cpu) = &run.cpu {
+            notes.push(format!("  {}", cpu.describe(per_s, "reservation")));
+        }
     }
     Ok(notes)
 }
@@ -671,7 +685,7 @@ async fn reserve_hot(fixture: &Fixture, options: &Options) -> anyhow::Result<Sce
     )
     .await
     .context("hot baseline")?;
-    notes.push(baseline_note(
+    notes.extend(baseline_note(
         &format!(
             "hot: the same conditional UPDATE always on {HOT_STORE}/{HOT_SKU}, on {BASELINE_TABLE} (an identical copy of stock_levels)"
         ),
@@ -692,6 +706,7 @@ async fn reserve_hot(fixture: &Fixture, options: &Options) -> anyhow::Result<Sce
     notes.extend(ours_note(
         options,
         &m,
+        &baseline,
         &format!("POST /v1/reservations of 1 unit, always {HOT_STORE}/{HOT_SKU}, customer tokens"),
     ));
     let plenty = check_hot_level(

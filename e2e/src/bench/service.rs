@@ -107,14 +107,14 @@ impl Service {
         }
     }
 
-    /// CPU time the process has used so far, in clock ticks (`/proc/<pid>/stat`).
-    fn cpu_ticks(&self) -> Option<u64> {
-        cpu_ticks(&self.pid.to_string())
+    /// Its pid, for counting its CPU apart.
+    pub fn pid(&self) -> u32 {
+        self.pid
     }
 
-    /// CPU seconds the service has used so far.
-    pub fn cpu_seconds(&self) -> Option<f64> {
-        self.cpu_ticks().map(|t| t as f64 / 100.0)
+    /// CPU time the process has used so far, in clock ticks (`/proc/<pid>/stat`).
+    fn cpu_ticks(&self) -> Option<u64> {
+        crate::bench::cpu::own_ticks(&self.pid.to_string())
     }
 
     /// Waits until the service is idle (under 3 % of a core over one second), for instance
@@ -205,22 +205,6 @@ impl Drop for Service {
         let _ = child.kill();
         let _ = child.wait();
     }
-}
-
-/// CPU time process `pid` (or `self`) has used, in clock ticks (100 a second on Linux).
-fn cpu_ticks(pid: &str) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the parenthesised command name; utime and stime are 14 and 15.
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
-}
-
-/// CPU seconds this benchmark process has used so far.
-pub fn own_cpu_seconds() -> Option<f64> {
-    cpu_ticks("self").map(|t| t as f64 / 100.0)
 }
 
 /// Sends SIGTERM (through `kill`, as the crate forbids `unsafe`).
