@@ -5,10 +5,11 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
-use common::{Options, Probe, Stack, admin, customer, eventually, problem, scalar, staff};
+use common::{Options, Stack, admin, customer, eventually, problem, scalar, staff};
 use notifications::receivers::Reply;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use shared::testing::Probe;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -142,21 +143,23 @@ async fn a_ready_order_reaches_the_customers_browser_once_in_french_naming_the_s
 #[tokio::test]
 async fn the_ready_event_delivered_three_times_pushes_once() {
     let s = stack_with_store().await;
-    let probe = Probe::open(&s.prefix, "orders.order.ready_for_pickup").await;
+    let probe = Probe::open(&s.prefix, "orders.order.ready_for_pickup")
+        .await
+        .unwrap();
     s.count(STORE, "SKU-1", 5).await;
     s.register_webpush("alice", Some("en")).await;
     let order = confirmed_order(&s, "alice", "en").await;
     s.make_ready_on(0, &order, STORE, "alice").await;
-    let events = probe.collect(Duration::from_secs(2)).await;
+    let events = probe.collect(Duration::from_secs(2)).await.unwrap();
     assert_eq!(events.len(), 1);
     let ready = &events[0];
     // The same message twice more, and once under a new message id (an outbox row relayed
     // again after a lost confirm looks like that).
-    probe.publish(&s.prefix, ready).await;
-    probe.publish(&s.prefix, ready).await;
+    probe.publish(&s.prefix, ready).await.unwrap();
+    probe.publish(&s.prefix, ready).await.unwrap();
     let mut copy = ready.clone();
     copy["id"] = json!(Uuid::now_v7());
-    probe.publish(&s.prefix, &copy).await;
+    probe.publish(&s.prefix, &copy).await.unwrap();
     let inbox = format!(
         "SELECT count(*) FROM inbox WHERE message_id = '{}'",
         copy["id"].as_str().unwrap()
@@ -284,7 +287,9 @@ impl CapturedLogs {
 async fn a_push_service_that_always_fails_ends_dead_and_delivery_failed_is_published() {
     let logs = CapturedLogs::install();
     let s = stack_with_store().await;
-    let failed = Probe::open(&s.prefix, "notifications.delivery.failed").await;
+    let failed = Probe::open(&s.prefix, "notifications.delivery.failed")
+        .await
+        .unwrap();
     s.count(STORE, "SKU-1", 5).await;
     let (device, sub) = s.register_webpush("alice", None).await;
     s.webpush.always(&sub.endpoint, Reply::Status(500));
@@ -294,7 +299,7 @@ async fn a_push_service_that_always_fails_ends_dead_and_delivery_failed_is_publi
         delivery_statuses(&s, &order, "orders.order.confirmed").await == vec![("dead".into(), max)]
     })
     .await;
-    let events = failed.collect(Duration::from_secs(3)).await;
+    let events = failed.collect(Duration::from_secs(3)).await.unwrap();
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0]["source"], "notifications");
     assert_eq!(events[0]["data"]["order_id"], order);
@@ -528,7 +533,7 @@ fn stock_changed(sku: &str, revision: i64, available: i64) -> Value {
 async fn a_back_in_stock_alert_fires_once_when_a_receipt_makes_it_available_and_never_on_a_stale_change()
  {
     let s = stack_with_store().await;
-    let probe = Probe::open(&s.prefix, "nothing.bound.here").await;
+    let probe = Probe::open(&s.prefix, "nothing.bound.here").await.unwrap();
     s.count(STORE, "DOLI-1000", 0).await;
     eventually("notifications saw the empty level", || async {
         seen(&s, "DOLI-1000").await.is_some()
@@ -553,7 +558,7 @@ async fn a_back_in_stock_alert_fires_once_when_a_receipt_makes_it_available_and_
     // A stale change (the same and a lower revision) that claims plenty fires nothing.
     for rev in [revision, revision - 1] {
         let stale = stock_changed("DOLI-1000", rev, 50);
-        probe.publish(&s.prefix, &stale).await;
+        probe.publish(&s.prefix, &stale).await.unwrap();
         let inbox = format!(
             "SELECT count(*) FROM inbox WHERE message_id = '{}'",
             stale["id"].as_str().unwrap()

@@ -3,8 +3,9 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
-use common::{Probe, Stack, customer};
+use common::{Stack, customer};
 use serde_json::json;
+use shared::testing::Probe;
 use std::time::Duration;
 
 #[tokio::test]
@@ -12,7 +13,7 @@ async fn the_checkouts_traceparent_is_carried_by_every_event_it_causes() {
     let s = Stack::spawn().await;
     s.store("S1", "Store one").await;
     s.count("S1", "SKU-1", 3).await;
-    let events = Probe::open(&s.prefix, "#").await;
+    let events = Probe::open(&s.prefix, "#").await.unwrap();
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let r = s
         .http
@@ -36,7 +37,7 @@ async fn the_checkouts_traceparent_is_carried_by_every_event_it_causes() {
         .to_owned();
     s.wait_status(&order, "confirmed").await;
 
-    let seen = events.collect_traced(Duration::from_secs(2)).await;
+    let seen = events.collect_traced(Duration::from_secs(2)).await.unwrap();
     let of_order: Vec<_> = seen
         .iter()
         .filter(|(e, _)| e["data"]["order_id"] == order.as_str())

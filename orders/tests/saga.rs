@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+use shared::testing::Probe;
 
 use common::*;
 use reqwest::StatusCode;
@@ -14,7 +15,7 @@ async fn an_order_goes_from_checkout_to_the_counter_and_its_goods_leave_the_stor
     let s = spawn().await;
     s.store("S1").await;
     s.stock("S1", "A", 10).await;
-    let probe = Probe::open(&s.prefix, "orders.order.*").await;
+    let probe = Probe::open(&s.prefix, "orders.order.*").await.unwrap();
     let id = s.place("alice", "S1", &[("A", 2), ("A", 1)]).await;
     s.wait_status(&id, "confirmed").await;
     assert_eq!(s.level("S1", "A").await, (10, 3));
@@ -60,7 +61,7 @@ async fn an_order_goes_from_checkout_to_the_counter_and_its_goods_leave_the_stor
             (json!("ready_for_pickup"), json!("collected")),
         ]
     );
-    let events = probe.collect(Duration::from_millis(800)).await;
+    let events = probe.collect(Duration::from_millis(800)).await.unwrap();
     let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert_eq!(
         types,
@@ -222,7 +223,7 @@ async fn a_no_show_is_reminded_once_then_expires_once_with_two_sweepers_and_its_
     let s = spawn_with(2, inventory::config::DEFAULT_ORDER_HOLD_SECONDS).await;
     s.store("S1").await;
     s.stock("S1", "A", 5).await;
-    let probe = Probe::open(&s.prefix, "orders.order.*").await;
+    let probe = Probe::open(&s.prefix, "orders.order.*").await.unwrap();
     let mut ids = Vec::new();
     for i in 0..4 {
         let customer_id = format!("c{i}");
@@ -255,7 +256,7 @@ async fn a_no_show_is_reminded_once_then_expires_once_with_two_sweepers_and_its_
         s.level("S1", "A").await == (5, 0)
     })
     .await;
-    let events = probe.collect(Duration::from_millis(1000)).await;
+    let events = probe.collect(Duration::from_millis(1000)).await.unwrap();
     for id in &ids {
         let of = |t: &str| {
             events
@@ -748,7 +749,9 @@ async fn inventorys_answer_delivered_three_times_moves_the_order_once() {
     // Inventory is away: the answer is ours to send, as often as a broker might.
     s.inventory.shutdown.cancel();
     s.inventory.task.take().unwrap().await.unwrap().unwrap();
-    let probe = Probe::open(&s.prefix, "orders.order.confirmed").await;
+    let probe = Probe::open(&s.prefix, "orders.order.confirmed")
+        .await
+        .unwrap();
     let id = s.place("alice", "S1", &[("A", 1)]).await;
     let broker = shared::messaging::Broker::connect(
         &shared::testing::amqp_url(),
@@ -783,7 +786,7 @@ async fn inventorys_answer_delivered_three_times_moves_the_order_once() {
     again.id = uuid::Uuid::now_v7();
     publisher.publish(&again).await.unwrap();
     s.wait_status(&id, "confirmed").await;
-    let events = probe.collect(Duration::from_millis(1500)).await;
+    let events = probe.collect(Duration::from_millis(1500)).await.unwrap();
     assert_eq!(events.len(), 1);
     assert_eq!(history_len(&s, &id).await, 2);
     assert_eq!(

@@ -36,9 +36,147 @@ pub fn unique_prefix() -> String {
     format!("t{}.", &uuid::Uuid::new_v4().simple().to_string()[..12])
 }
 
+/// An error of a test helper, with its cause.
+pub type TestError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The probe queues this process declared, deleted with their prefix's queues.
+static PROBES: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// A queue bound to one routing key on a prefix's events exchange: it collects what is
+/// published there, for a test to read (deleted by [`delete_queues`] of its prefix).
+pub struct Probe {
+    channel: lapin::Channel,
+    queue: String,
+    _conn: lapin::Connection,
+}
+
+impl Probe {
+    /// Declares the queue and binds it to `routing_key` on `prefix`'s events exchange.
+    pub async fn open(prefix: &str, routing_key: &str) -> Result<Self, TestError> {
+        use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+        use lapin::types::FieldTable;
+        let conn =
+            lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await?;
+        let channel = conn.create_channel().await?;
+        let queue = format!("{prefix}probe.{}", uuid::Uuid::new_v4().simple());
+        let exchange = crate::messaging::Topology::new(prefix).events_exchange();
+        channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                exchange.as_str().into(),
+                routing_key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        PROBES
+            .lock()
+            .map_err(|_| "the probe registry is poisoned")?
+            .push(queue.clone());
+        Ok(Self {
+            channel,
+            queue,
+            _conn: conn,
+        })
+    }
+
+    /// Every event that arrives within `wait`.
+    pub async fn collect(
+        &self,
+        wait: std::time::Duration,
+    ) -> Result<Vec<serde_json::Value>, TestError> {
+        Ok(self
+            .collect_traced(wait)
+            .await?
+            .into_iter()
+            .map(|(event, _)| event)
+            .collect())
+    }
+
+    /// Every event that arrives within `wait`, with its `traceparent` header.
+    pub async fn collect_traced(
+        &self,
+        wait: std::time::Duration,
+    ) -> Result<Vec<(serde_json::Value, Option<String>)>, TestError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut out = Vec::new();
+        loop {
+            let got = self
+                .channel
+                .basic_get(
+                    self.queue.as_str().into(),
+                    lapin::options::BasicGetOptions { no_ack: true },
+                )
+                .await?;
+            match got {
+                Some(m) => {
+                    let trace = m
+                        .delivery
+                        .properties
+                        .headers()
+                        .as_ref()
+                        .and_then(|h| h.inner().get("traceparent").cloned())
+                        .and_then(|v| match v {
+                            lapin::types::AMQPValue::LongString(s) => Some(s.to_string()),
+                            _ => None,
+                        });
+                    out.push((serde_json::from_slice(&m.delivery.data)?, trace));
+                }
+                None if tokio::time::Instant::now() >= deadline => return Ok(out),
+                None => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// Publishes a raw envelope to `prefix`'s events exchange under its type (for stale or
+    /// duplicated events), and waits for the broker's confirmation.
+    pub async fn publish(
+        &self,
+        prefix: &str,
+        envelope: &serde_json::Value,
+    ) -> Result<(), TestError> {
+        let kind = envelope["type"]
+            .as_str()
+            .ok_or("the envelope has no type")?;
+        let id = envelope["id"].as_str().ok_or("the envelope has no id")?;
+        let exchange = crate::messaging::Topology::new(prefix).events_exchange();
+        self.channel
+            .basic_publish(
+                exchange.as_str().into(),
+                kind.into(),
+                lapin::options::BasicPublishOptions::default(),
+                &serde_json::to_vec(envelope)?,
+                lapin::BasicProperties::default()
+                    .with_message_id(id.into())
+                    .with_content_type("application/json".into())
+                    .with_delivery_mode(2),
+            )
+            .await?
+            .await?;
+        Ok(())
+    }
+}
+
 /// Deletes every service's and parking queue named with `prefix` (quorum queues are not
-/// free: each holds file handles), and the `extra` queues a test declared.
+/// free: each holds file handles), the probes opened on it, and the `extra` queues a test
+/// declared.
 pub async fn delete_queues(prefix: &str, extra: &[String]) {
+    let probes: Vec<String> = PROBES
+        .lock()
+        .map(|p| {
+            p.iter()
+                .filter(|q| q.starts_with(prefix))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
     let Ok(conn) =
         lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await
     else {
@@ -52,7 +190,7 @@ pub async fn delete_queues(prefix: &str, extra: &[String]) {
                 topology.parking_queue(service),
             ]
         });
-        for queue in named.chain(extra.iter().cloned()) {
+        for queue in named.chain(probes).chain(extra.iter().cloned()) {
             let _ = channel
                 .queue_delete(
                     queue.as_str().into(),

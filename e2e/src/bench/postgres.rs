@@ -252,18 +252,47 @@ pub fn write_script(stores: usize, skus: usize) -> String {
 /// levels of the catalogue, as the service encodes them (pgbench scripts take no ':' in
 /// literals, hence `chr(58)`).
 pub fn group_script(stores: usize, skus: usize, size: usize) -> String {
+    let fields: Vec<String> = group_fields(stores, skus)
+        .into_iter()
+        .map(|(name, value)| format!("'{name}', {value}"))
+        .collect();
     format!(
-        "SELECT count(*) FROM reserve_batch((SELECT jsonb_agg(jsonb_build_object(\
-         'id', uuid_v7(), \
-         'store_id', 'S' || lpad((1 + floor(random() * {stores}))::int::text, 3, '0'), \
-         'skus', jsonb_build_array('SKU-' || lpad((1 + floor(random() * {skus}))::int::text, 5, '0')), \
-         'quantities', jsonb_build_array(1), 'channel', 'web', 'reference', 'bench-cart', \
-         'owner', 'customer' || chr(58) || 'bench-' || g, 'order_id', NULL, 'ttl_seconds', 900, \
-         'correlation', uuid_v7(), 'causation', NULL, \
-         'idem_caller', 'customer' || chr(58) || 'bench-' || g, 'idem_key', gen_random_uuid()::text, \
-         'idem_hash', md5(random()::text) || md5(random()::text))) \
-         FROM generate_series(1, {size}) AS g));\n"
+        "SELECT count(*) FROM reserve_batch((SELECT jsonb_agg(jsonb_build_object({})) \
+         FROM generate_series(1, {size}) AS g));\n",
+        fields.join(", ")
     )
+}
+
+/// Each field of one request of [`group_script`] and the SQL that makes it (request `g`).
+fn group_fields(stores: usize, skus: usize) -> Vec<(&'static str, String)> {
+    let owner = "'customer' || chr(58) || 'bench-' || g".to_string();
+    vec![
+        ("id", "uuid_v7()".into()),
+        (
+            "store_id",
+            format!("'S' || lpad((1 + floor(random() * {stores}))::int::text, 3, '0')"),
+        ),
+        (
+            "skus",
+            format!(
+                "jsonb_build_array('SKU-' || lpad((1 + floor(random() * {skus}))::int::text, 5, '0'))"
+            ),
+        ),
+        ("quantities", "jsonb_build_array(1)".into()),
+        ("channel", "'web'".into()),
+        ("reference", "'bench-cart'".into()),
+        ("owner", owner.clone()),
+        ("order_id", "NULL".into()),
+        ("ttl_seconds", "900".into()),
+        ("correlation", "uuid_v7()".into()),
+        ("causation", "NULL".into()),
+        ("idem_caller", owner),
+        ("idem_key", "gen_random_uuid()::text".into()),
+        (
+            "idem_hash",
+            "md5(random()::text) || md5(random()::text)".into(),
+        ),
+    ]
 }
 
 /// The hot baseline: the same `UPDATE`, always on one row of the copy.
@@ -326,6 +355,43 @@ mod tests {
                 cpu: None,
             })
         );
+    }
+
+    #[test]
+    fn the_group_script_names_exactly_the_fields_the_service_sends() {
+        let call = inventory::store::ReserveCall {
+            id: uuid::Uuid::now_v7(),
+            store_id: "S001".into(),
+            lines: vec![("SKU-00001".into(), 1)],
+            channel: "web".into(),
+            reference: "cart".into(),
+            owner: "customer:c".into(),
+            order_id: None,
+            ttl_seconds: 900,
+            correlation: uuid::Uuid::now_v7(),
+            causation: None,
+            idempotency: Some(shared::idempotency::IdempotencyKey {
+                caller: "customer:c".into(),
+                key: "k".into(),
+                request_hash: "h".into(),
+            }),
+        };
+        let sent: serde_json::Value =
+            serde_json::from_str(&inventory::store::encode_group(&[call]).expect("encoded"))
+                .expect("JSON");
+        let mut sent: Vec<String> = sent[0]
+            .as_object()
+            .expect("an object")
+            .keys()
+            .cloned()
+            .collect();
+        sent.sort();
+        let mut named: Vec<String> = group_fields(20, 500)
+            .into_iter()
+            .map(|(name, _)| name.to_string())
+            .collect();
+        named.sort();
+        assert_eq!(named, sent);
     }
 
     #[test]

@@ -569,6 +569,14 @@ impl<'a> From<&'a ReserveCall> for GroupRequest<'a> {
     }
 }
 
+/// A group as `reserve_batch` reads it: a JSON array of requests (benchmarks that call the
+/// function directly check their scripts against this shape).
+pub fn encode_group(calls: &[ReserveCall]) -> Result<String, DbErr> {
+    let requests: Vec<GroupRequest<'_>> = calls.iter().map(GroupRequest::from).collect();
+    serde_json::to_string(&requests)
+        .map_err(|e| DbErr::Custom(format!("cannot encode the reservation group: {e}")))
+}
+
 /// Many reservation requests in one statement and one commit; each is all or nothing on
 /// its own and gets its own answer, in the order of `calls`. An error means none of them
 /// happened (the statement is its own transaction).
@@ -576,9 +584,7 @@ pub async fn reserve_batch(
     db: &impl ConnectionTrait,
     calls: &[ReserveCall],
 ) -> Result<Vec<ReserveAnswer>, DbErr> {
-    let requests: Vec<GroupRequest<'_>> = calls.iter().map(GroupRequest::from).collect();
-    let requests = serde_json::to_string(&requests)
-        .map_err(|e| DbErr::Custom(format!("cannot encode the reservation group: {e}")))?;
+    let requests = encode_group(calls)?;
     let rows = db
         .query_all_raw(stmt(
             "SELECT idx, outcome, status, body, levels FROM reserve_batch($1::text::jsonb)",
