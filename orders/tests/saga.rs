@@ -798,7 +798,7 @@ async fn inventorys_answer_delivered_three_times_moves_the_order_once() {
         o.shutdown.cancel();
         o.task.take().unwrap().await.unwrap().unwrap();
     }
-    delete_queues(&s.prefix).await;
+    shared::testing::delete_queues(&s.prefix).await;
 }
 
 #[tokio::test]

@@ -165,9 +165,8 @@ impl Probe {
 }
 
 /// Deletes every service's and parking queue named with `prefix` (quorum queues are not
-/// free: each holds file handles), the probes opened on it, and the `extra` queues a test
-/// declared.
-pub async fn delete_queues(prefix: &str, extra: &[String]) {
+/// free: each holds file handles) and the probes opened on it.
+pub async fn delete_queues(prefix: &str) {
     let probes: Vec<String> = PROBES
         .lock()
         .map(|p| {
@@ -190,7 +189,7 @@ pub async fn delete_queues(prefix: &str, extra: &[String]) {
                 topology.parking_queue(service),
             ]
         });
-        for queue in named.chain(probes).chain(extra.iter().cloned()) {
+        for queue in named.chain(probes) {
             let _ = channel
                 .queue_delete(
                     queue.as_str().into(),

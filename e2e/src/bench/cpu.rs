@@ -80,16 +80,19 @@ impl Sample {
     }
 }
 
+/// Microseconds of CPU per operation that `cores` kept busy at `per_s` operations a second.
+pub fn micros_per_op(cores: f64, per_s: f64) -> f64 {
+    if per_s > 0.0 {
+        cores * 1e6 / per_s
+    } else {
+        0.0
+    }
+}
+
 impl Use {
     /// The parts as a line: cores each, then microseconds of CPU per operation at `per_s`.
     pub fn describe(&self, per_s: f64, operation: &str) -> String {
-        let micros = |cores: f64| {
-            if per_s > 0.0 {
-                cores * 1e6 / per_s
-            } else {
-                0.0
-            }
-        };
+        let micros = |cores: f64| micros_per_op(cores, per_s);
         let mut parts = vec![("PostgreSQL", self.postgres)];
         if self.broker > 0.0 {
             parts.push(("RabbitMQ", self.broker));
@@ -163,9 +166,9 @@ mod tests {
 
     #[test]
     fn this_process_is_read_from_proc() {
-        let (comm, ticks) = process("self").expect("own stat");
-        assert!(!comm.is_empty());
-        assert!(ticks.with_children >= ticks.own);
+        let read = process("self");
+        assert!(read.as_ref().is_some_and(|(comm, _)| !comm.is_empty()));
+        assert!(read.is_some_and(|(_, t)| t.with_children >= t.own));
         assert!(machine_busy().is_some());
     }
 

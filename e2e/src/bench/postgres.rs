@@ -358,7 +358,8 @@ mod tests {
     }
 
     #[test]
-    fn the_group_script_names_exactly_the_fields_the_service_sends() {
+    fn the_group_script_names_exactly_the_fields_the_service_sends()
+    -> Result<(), Box<dyn std::error::Error>> {
         let call = inventory::store::ReserveCall {
             id: uuid::Uuid::now_v7(),
             store_id: "S001".into(),
@@ -377,11 +378,10 @@ mod tests {
             }),
         };
         let sent: serde_json::Value =
-            serde_json::from_str(&inventory::store::encode_group(&[call]).expect("encoded"))
-                .expect("JSON");
+            serde_json::from_str(&inventory::store::encode_group(&[call])?)?;
         let mut sent: Vec<String> = sent[0]
             .as_object()
-            .expect("an object")
+            .ok_or("a request is a JSON object")?
             .keys()
             .cloned()
             .collect();
@@ -392,6 +392,7 @@ mod tests {
             .collect();
         named.sort();
         assert_eq!(named, sent);
+        Ok(())
     }
 
     #[test]

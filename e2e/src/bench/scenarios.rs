@@ -226,10 +226,8 @@ fn ours_note(options: &Options, m: &Measured, baseline: &PgbenchRun, what: &str)
         && baseline.tps > 0.0
     {
         // Both phases fill the machine: throughput goes inversely with CPU per operation.
-        let (ours_us, base_us) = (
-            m.cpu.machine * 1e6 / per_s,
-            base.machine * 1e6 / baseline.tps,
-        );
+        let ours_us = cpu::micros_per_op(m.cpu.machine, per_s);
+        let base_us = cpu::micros_per_op(base.machine, baseline.tps);
         notes.push(format!(
             "  machine CPU per operation: ours {ours_us:.0} µs, the baseline's {base_us:.0} µs: {:.2} of its cost-per-operation (where both fill the 2 cores, the ratio tends to this)",
             base_us / ours_us

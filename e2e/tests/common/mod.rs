@@ -519,7 +519,7 @@ impl Stack {
         {
             i.stop().await;
         }
-        shared::testing::delete_queues(&self.prefix, &[]).await;
+        shared::testing::delete_queues(&self.prefix).await;
     }
 }
 

@@ -243,7 +243,7 @@ impl TestApp {
         if let Some(task) = self.task.take() {
             task.await.unwrap().unwrap();
         }
-        delete_queues(&self.prefix).await;
+        shared::testing::delete_queues(&self.prefix).await;
     }
 }
 
@@ -355,9 +355,4 @@ pub async fn event_within(channel: &lapin::Channel, wait: Duration) -> Option<Va
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// Deletes the service and parking queues named with `prefix`.
-pub async fn delete_queues(prefix: &str) {
-    shared::testing::delete_queues(prefix, &[]).await;
 }

@@ -336,7 +336,7 @@ impl Stack {
         if let Some(t) = self.inventory.task.take() {
             t.await.unwrap().unwrap();
         }
-        delete_queues(&self.prefix).await;
+        shared::testing::delete_queues(&self.prefix).await;
     }
 }
 
@@ -351,9 +351,4 @@ pub fn order_body(store: &str, lines: &[(&str, i64)], hold: Option<&str>) -> Val
         body["reservation_id"] = json!(h);
     }
     body
-}
-
-/// Deletes the service, parking and probe queues of the test's prefix.
-pub async fn delete_queues(prefix: &str) {
-    shared::testing::delete_queues(prefix, &[]).await;
 }
