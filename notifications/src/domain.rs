@@ -281,7 +281,6 @@ pub fn next_delay(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -294,13 +293,14 @@ mod tests {
             timezone: "Europe/Paris".into(),
             locale: Some(locale.into()),
             pickup_code: Some("042917".into()),
-            pickup_deadline: Some("2026-12-03T17:00:00Z".parse().unwrap()),
+            pickup_deadline: "2026-12-03T17:00:00Z".parse().ok(),
         }
     }
 
     #[test]
-    fn ready_for_pickup_names_the_store_the_code_and_the_local_deadline_in_french() {
-        let now = "2026-12-01T17:00:00Z".parse().unwrap();
+    fn ready_for_pickup_names_the_store_the_code_and_the_local_deadline_in_french()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let now = "2026-12-01T17:00:00Z".parse()?;
         let n = ready("fr-FR").render(None, now);
         assert_eq!(n.title, "Votre commande est prête");
         assert_eq!(
@@ -310,16 +310,18 @@ mod tests {
         assert_eq!(n.urgency, Urgency::High);
         assert_eq!(n.ttl, Duration::from_secs(48 * 3600));
         assert_eq!(n.data["pickup_code"], "042917");
+        Ok(())
     }
 
     #[test]
-    fn the_device_locale_wins_over_the_order_locale() {
-        let now = "2026-12-01T17:00:00Z".parse().unwrap();
+    fn the_device_locale_wins_over_the_order_locale() -> Result<(), Box<dyn std::error::Error>> {
+        let now = "2026-12-01T17:00:00Z".parse()?;
         let n = ready("fr-FR").render(Some("en-GB"), now);
         assert_eq!(
             n.body,
             "Collect it at Paris Louvre with code 042917 by 3 Dec 2026, 18:00."
         );
+        Ok(())
     }
 
     #[test]

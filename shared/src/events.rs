@@ -300,7 +300,8 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn envelope_serializes_with_the_field_names_of_events_md() {
+    fn envelope_serializes_with_the_field_names_of_events_md()
+    -> Result<(), Box<dyn std::error::Error>> {
         let data = StockChanged {
             store_id: "S1".into(),
             sku: "SKU-1".into(),
@@ -313,8 +314,8 @@ mod tests {
             updated_at: None,
         };
         let mut envelope = Envelope::new(types::STOCK_CHANGED, "inventory", data, None);
-        envelope.occurred_at = "2026-11-23T10:00:00Z".parse().expect("time");
-        let value = serde_json::to_value(&envelope).expect("json");
+        envelope.occurred_at = "2026-11-23T10:00:00Z".parse()?;
+        let value = serde_json::to_value(&envelope)?;
         assert_eq!(
             value,
             json!({
@@ -329,6 +330,7 @@ mod tests {
                          "safety_stock": 1, "available": 2, "status": "low_stock", "revision": 7}
             })
         );
+        Ok(())
     }
 
     #[test]
@@ -341,7 +343,7 @@ mod tests {
     }
 
     #[test]
-    fn order_events_omit_pickup_fields_unless_ready() {
+    fn order_events_omit_pickup_fields_unless_ready() -> Result<(), Box<dyn std::error::Error>> {
         let event = OrderStatusChanged {
             order_id: Uuid::nil(),
             customer_id: "c1".into(),
@@ -353,14 +355,15 @@ mod tests {
             store_name: None,
         };
         assert_eq!(
-            serde_json::to_value(&event).expect("json"),
+            serde_json::to_value(&event)?,
             json!({"order_id": Uuid::nil(), "customer_id": "c1", "store_id": "S1",
                    "status": "confirmed", "locale": "fr-FR"})
         );
+        Ok(())
     }
 
     #[test]
-    fn reservation_events_pin_their_json() {
+    fn reservation_events_pin_their_json() -> Result<(), Box<dyn std::error::Error>> {
         let rejected = ReservationRejected {
             order_id: Uuid::nil(),
             store_id: "S1".into(),
@@ -371,7 +374,7 @@ mod tests {
             }],
         };
         assert_eq!(
-            serde_json::to_value(&rejected).expect("json"),
+            serde_json::to_value(&rejected)?,
             json!({"order_id": Uuid::nil(), "store_id": "S1",
                    "shortages": [{"sku": "A", "requested": 3, "available": 1}]})
         );
@@ -383,9 +386,10 @@ mod tests {
             short_by: 2,
         };
         assert_eq!(
-            serde_json::to_value(&at_risk).expect("json"),
+            serde_json::to_value(&at_risk)?,
             json!({"reservation_id": Uuid::nil(), "order_id": null, "store_id": "S1",
                    "sku": "A", "short_by": 2})
         );
+        Ok(())
     }
 }

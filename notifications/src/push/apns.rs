@@ -214,7 +214,6 @@ fn payload(notification: &Notification) -> serde_json::Value {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
@@ -240,7 +239,8 @@ mod tests {
     }
 
     #[test]
-    fn a_key_that_is_not_a_p8_key_is_refused_without_echoing_it() {
+    fn a_key_that_is_not_a_p8_key_is_refused_without_echoing_it()
+    -> Result<(), Box<dyn std::error::Error>> {
         let err = Apns::new(
             reqwest::Client::new(),
             "https://api.push.apple.com",
@@ -250,11 +250,12 @@ mod tests {
             "app",
         )
         .err()
-        .unwrap()
+        .ok_or("expected an error")?
         .to_string();
         assert!(
             err.contains("APNS_KEY") && !err.contains("secretstuff"),
             "{err}"
         );
+        Ok(())
     }
 }

@@ -70,13 +70,13 @@ pub fn is_transient(status: u16) -> bool {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
 
     #[test]
-    fn retry_after_is_read_as_seconds_or_as_an_http_date() {
+    fn retry_after_is_read_as_seconds_or_as_an_http_date() -> Result<(), Box<dyn std::error::Error>>
+    {
         let mut headers = HeaderMap::new();
         assert_eq!(retry_after(&headers), None);
         headers.insert(RETRY_AFTER, HeaderValue::from_static("120"));
@@ -84,9 +84,9 @@ mod tests {
         let later = SystemTime::now() + Duration::from_secs(3600);
         headers.insert(
             RETRY_AFTER,
-            HeaderValue::from_str(&httpdate::fmt_http_date(later)).unwrap(),
+            HeaderValue::from_str(&httpdate::fmt_http_date(later))?,
         );
-        let delay = retry_after(&headers).unwrap();
+        let delay = retry_after(&headers).ok_or("a Retry-After")?;
         assert!(delay > Duration::from_secs(3590) && delay <= Duration::from_secs(3600));
         headers.insert(
             RETRY_AFTER,
@@ -95,6 +95,7 @@ mod tests {
         assert_eq!(retry_after(&headers), Some(Duration::ZERO));
         headers.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
         assert_eq!(retry_after(&headers), None);
+        Ok(())
     }
 
     #[test]

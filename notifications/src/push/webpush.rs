@@ -200,7 +200,6 @@ fn rejected(reason: &str) -> Outcome {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -221,17 +220,18 @@ mod tests {
     }
 
     #[test]
-    fn the_vapid_jwt_is_reused_per_origin() {
+    fn the_vapid_jwt_is_reused_per_origin() -> Result<(), Box<dyn std::error::Error>> {
         let sender = WebPush::new(
             reqwest::Client::new(),
-            VapidKey::generate().unwrap(),
+            VapidKey::generate()?,
             "mailto:ops@example.com".into(),
             false,
         );
-        let first = sender.authorization("https://a.example").unwrap();
-        assert_eq!(first, sender.authorization("https://a.example").unwrap());
-        assert_ne!(first, sender.authorization("https://b.example").unwrap());
+        let first = sender.authorization("https://a.example")?;
+        assert_eq!(first, sender.authorization("https://a.example")?);
+        assert_ne!(first, sender.authorization("https://b.example")?);
         assert!(first.starts_with("vapid t="));
         assert!(first.ends_with(&format!(", k={}", sender.public_key())));
+        Ok(())
     }
 }

@@ -372,13 +372,13 @@ fn ec_decoding_key(point: &[u8]) -> Option<jsonwebtoken::DecodingKey> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn a_web_push_without_ttl_or_vapid_is_refused_and_listed_as_a_violation() {
-        let service = WebPushService::start().await.unwrap();
+    async fn a_web_push_without_ttl_or_vapid_is_refused_and_listed_as_a_violation()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let service = WebPushService::start().await?;
         let subscription = service.subscribe();
         let client = reqwest::Client::new();
 
@@ -387,8 +387,7 @@ mod tests {
             .header("content-encoding", "aes128gcm")
             .body(vec![0u8; 100])
             .send()
-            .await
-            .unwrap();
+            .await?;
         assert_eq!(no_ttl.status(), 400);
         let no_vapid = client
             .post(&subscription.endpoint)
@@ -396,8 +395,7 @@ mod tests {
             .header("content-encoding", "aes128gcm")
             .body(vec![0u8; 100])
             .send()
-            .await
-            .unwrap();
+            .await?;
         assert_eq!(no_vapid.status(), 401);
 
         assert_eq!(service.attempts(&subscription.endpoint), 2);
@@ -406,14 +404,15 @@ mod tests {
         let unknown = client
             .post(format!("{}/push/nobody", service.url()))
             .send()
-            .await
-            .unwrap();
+            .await?;
         assert_eq!(unknown.status(), 404);
+        Ok(())
     }
 
     #[tokio::test]
-    async fn fcm_refuses_a_bearer_token_it_never_issued() {
-        let service = FcmService::start().await.unwrap();
+    async fn fcm_refuses_a_bearer_token_it_never_issued() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let service = FcmService::start().await?;
         let answer = reqwest::Client::new()
             .post(format!(
                 "{}/v1/projects/{}/messages:send",
@@ -424,46 +423,46 @@ mod tests {
             .json(&serde_json::json!({"message": {"token": "t1", "notification": {"title": "a", "body": "b"}}}))
             .send()
             .await
-            .unwrap();
+            ?;
         assert_eq!(answer.status(), 401);
         assert_eq!(service.attempts("t1"), 1);
         assert_eq!(service.violations().len(), 1);
         assert_eq!(service.tokens_issued(), 0);
+        Ok(())
     }
 
     #[tokio::test]
-    async fn apns_speaks_nothing_but_http2() {
-        let service = ApnsService::start("app").await.unwrap();
-        let http1 = reqwest::Client::builder().http1_only().build().unwrap();
+    async fn apns_speaks_nothing_but_http2() -> Result<(), Box<dyn std::error::Error>> {
+        let service = ApnsService::start("app").await?;
+        let http1 = reqwest::Client::builder().http1_only().build()?;
         let result = http1
             .post(format!("{}/3/device/abcd", service.endpoint()))
             .body("{}")
             .send()
             .await;
         assert!(result.is_err(), "{result:?}");
-        let h2 = reqwest::Client::builder()
-            .http2_prior_knowledge()
-            .build()
-            .unwrap();
+        let h2 = reqwest::Client::builder().http2_prior_knowledge().build()?;
         let answer = h2
             .post(format!("{}/3/device/abcd", service.endpoint()))
             .body("{}")
             .send()
-            .await
-            .unwrap();
+            .await?;
         assert_eq!(answer.version(), reqwest::Version::HTTP_2);
         assert_eq!(answer.status(), 403);
-        let body: serde_json::Value = answer.json().await.unwrap();
+        let body: serde_json::Value = answer.json().await?;
         assert_eq!(body["reason"], "MissingProviderToken");
+        Ok(())
     }
 
     #[tokio::test]
-    async fn waiting_for_more_pushes_than_arrive_returns_what_there_is_at_the_timeout() {
-        let service = WebPushService::start().await.unwrap();
+    async fn waiting_for_more_pushes_than_arrive_returns_what_there_is_at_the_timeout()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let service = WebPushService::start().await?;
         let started = Instant::now();
         let received = service.wait_for(1, Duration::from_millis(100)).await;
         assert!(received.is_empty());
         assert!(started.elapsed() >= Duration::from_millis(100));
+        Ok(())
     }
 
     #[test]
