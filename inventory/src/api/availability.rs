@@ -66,6 +66,73 @@ impl<'a> ItemRef<'a> {
     }
 }
 
+impl ItemRef<'_> {
+    /// Appends the item's JSON to `out`: the bytes `serde_json` writes for it (a test pins
+    /// that), in a fraction of its time. Availability answers are mostly this: a batch is
+    /// up to 10,000 items, and escaping every key and code through the serializer was
+    /// about a third of the service's CPU on it.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        let mut n = itoa::Buffer::new();
+        out.extend_from_slice(b"{\"store_id\":");
+        json_str(out, self.store_id);
+        out.extend_from_slice(b",\"sku\":");
+        json_str(out, self.sku);
+        for (key, value) in [
+            (&b",\"on_hand\":"[..], self.on_hand),
+            (b",\"reserved\":", self.reserved),
+            (b",\"safety_stock\":", self.safety_stock),
+            (b",\"available\":", self.available),
+        ] {
+            out.extend_from_slice(key);
+            out.extend_from_slice(n.format(value).as_bytes());
+        }
+        out.extend_from_slice(b",\"status\":");
+        json_str(out, self.status);
+        out.extend_from_slice(b",\"revision\":");
+        out.extend_from_slice(n.format(self.revision).as_bytes());
+        out.extend_from_slice(b",\"updated_at\":");
+        match self.updated_at {
+            Some(at) => {
+                out.push(b'"');
+                out.extend_from_slice(
+                    at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+                        .as_bytes(),
+                );
+                out.push(b'"');
+            }
+            None => out.extend_from_slice(b"null"),
+        }
+        out.push(b'}');
+    }
+}
+
+/// A JSON string: as it is when nothing in it needs escaping (codes never do), else
+/// through `serde_json`.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else if serde_json::to_writer(&mut *out, s).is_err() {
+        // Writing to a Vec does not fail; keep the document valid regardless.
+        out.extend_from_slice(b"null");
+    }
+}
+
+/// `{"items":[...]}` of `items`, as [`AvailabilityList`] serializes.
+fn items_json<'a>(items: impl ExactSizeIterator<Item = ItemRef<'a>>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + items.len() * 160);
+    out.extend_from_slice(b"{\"items\":[");
+    for (i, item) in items.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        item.write_json(&mut out);
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
 /// The item of a level under its store's threshold (0 for an unknown store), owned.
 pub fn item_with_threshold(level: &Level, threshold: i64) -> AvailabilityItem {
     let item = ItemRef::new(level, threshold);
@@ -149,17 +216,13 @@ pub async fn get_availability(
         .collect();
     let levels = state.view.levels(&keys).await?;
     // Stores outer, SKUs inner: the i-th level belongs to store i / skus.len().
-    let items: Vec<ItemRef<'_>> = levels
+    let items = levels
         .iter()
         .enumerate()
-        .map(|(i, l)| ItemRef::new(l, thresholds[i / skus.len()]))
-        .collect();
-    /// The wire shape of [`AvailabilityList`], borrowing.
-    #[derive(Serialize)]
-    struct Items<'a> {
-        items: Vec<ItemRef<'a>>,
-    }
-    Ok(HttpResponse::Ok().json(Items { items }))
+        .map(|(i, l)| ItemRef::new(l, thresholds[i / skus.len()]));
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(items_json(items)))
 }
 
 /// One nearby store holding the SKU.
@@ -317,9 +380,10 @@ pub async fn get_stream(
                                     continue;
                                 }
                                 let item = ItemRef::new(&level, view.threshold(&level.store_id));
-                                let data = serde_json::to_string(&item).unwrap_or_default();
-                                let frame = format!("event: availability\nid: {}:{}:{}\ndata: {data}\n\n",
-                                                    level.store_id, level.sku, level.revision);
+                                let mut frame = format!("event: availability\nid: {}:{}:{}\ndata: ",
+                                                        level.store_id, level.sku, level.revision).into_bytes();
+                                item.write_json(&mut frame);
+                                frame.extend_from_slice(b"\n\n");
                                 return Some((Ok(web::Bytes::from(frame)), (changes, ticker, view, shutdown)));
                             }
                             Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
@@ -342,4 +406,50 @@ pub async fn get_stream(
         .insert_header(("Cache-Control", "no-cache"))
         .insert_header(("X-Accel-Buffering", "no"))
         .streaming(hello.chain(events)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[derive(Serialize)]
+    struct Items<'a> {
+        items: Vec<ItemRef<'a>>,
+    }
+
+    #[test]
+    fn items_are_written_byte_for_byte_as_serde_json_writes_them()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let at = |nanos: u32| Utc.timestamp_opt(1_796_000_000, nanos).single();
+        let level = |store: &str, on_hand: i64, updated_at: Option<DateTime<Utc>>| Level {
+            store_id: store.into(),
+            sku: "SKU-00042".into(),
+            on_hand,
+            reserved: 3,
+            safety_stock: 1,
+            revision: 7,
+            updated_at,
+        };
+        let levels = [
+            level("S001", 10, at(0)),
+            level("S002", 4, at(120_000_000)),
+            level("S003", 0, at(123_456_000)),
+            level("S004", 99, at(123_456_789)),
+            level("S005", 5, None),
+            Level::absent("S006", "SKU-1"),
+            // Not a code the API takes, but written the same if one ever got in.
+            level("we\"ird\\store\u{1}é", 2, at(5)),
+        ];
+        for threshold in [0, 5] {
+            let items = || levels.iter().map(|l| ItemRef::new(l, threshold));
+            let ours = items_json(items());
+            let theirs = serde_json::to_vec(&Items {
+                items: items().collect(),
+            })?;
+            assert_eq!(String::from_utf8(ours)?, String::from_utf8(theirs)?);
+        }
+        assert_eq!(items_json(std::iter::empty()), b"{\"items\":[]}");
+        Ok(())
+    }
 }
